@@ -1,0 +1,354 @@
+"""The ``codeindex`` command: sync, search, status, export, runs, failures.
+
+Exit codes: 0 all went in; 1 some files failed (reported); 2 usage error or malformed
+input; 3 refused to protect the index (mass delete without --force, another model);
+4 a dependency failed (store, lock, broker).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from indexing.errors import CodeindexError, UsageError
+
+app = typer.Typer(
+    help="Keep a semantic (vector) index of git repositories in step with their code.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+RootOpt = Annotated[Optional[Path], typer.Option(
+    "--root", help="Repository root (default: the git work tree around the current directory).",
+    file_okay=False, resolve_path=True)]
+CollectionOpt = Annotated[Optional[str], typer.Option(
+    "--collection", help="Target collection (default: CODEINDEX_COLLECTION or 'codeindex').")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+
+
+def _git_toplevel(start: Path) -> Path | None:
+    try:
+        out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _setup(root: Path | None, collection: str | None, verbose: bool = False):
+    """Resolve the repository root, configure settings (home, collection) and the Celery app."""
+    from config import settings as settings_mod
+    from workers import resources
+    from workers.app import apply_settings
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("celery").setLevel(logging.WARNING)
+    repo_root = root or _git_toplevel(Path.cwd()) or Path.cwd()
+    if not repo_root.is_dir():
+        raise UsageError(f"repository root {repo_root} is not a directory")
+    base = settings_mod.Settings()
+    overrides = {"home": base.home_for(repo_root)}
+    if collection:
+        overrides["collection"] = collection
+    try:
+        settings = settings_mod.configure(**overrides)
+    except Exception as exc:  # pydantic ValidationError: a bad CODEINDEX_* value or option
+        raise UsageError(f"invalid setting: {exc}") from None
+    resources.reset()
+    apply_settings(settings)
+    return repo_root.resolve(), settings
+
+
+def _read_input(changes: Path | None) -> str:
+    if changes is not None:
+        try:
+            return changes.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise UsageError(f"cannot read change list {changes}: {exc.strerror}") from None
+    return sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+
+
+def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
+              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
+    """Build the sync requests for the chosen change source (one per repository)."""
+    from indexing.changes import parse_json_changes, parse_lines, parse_nul
+    from indexing.messages import SyncRequest
+
+    chosen = [name for name, on in (("--stdin", stdin), ("--changes", changes is not None),
+                                    ("--detect-changes", detect), ("--all", scan_all)) if on]
+    if len(chosen) > 1 and set(chosen) != {"--stdin", "--changes"}:
+        raise UsageError(f"choose one change source, not {' and '.join(chosen)}")
+    if not chosen:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("nothing to sync: pipe paths into --stdin, or pass --changes FILE, --detect-changes or --all")
+        stdin = True
+    common = dict(collection=collection, delete_missing=delete_missing, dry_run=dry_run, force=force)
+
+    def request(r: Path, rid: str, source: str, pairs=()) -> SyncRequest:
+        return SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root=str(r), source=source,
+                           changes=[(c.path, c.kind.value) for c in pairs], **common)
+
+    name = repo_id or root.name
+    if detect:
+        return [request(root, name, "detect")]
+    if scan_all:
+        return [request(root, name, "all")]
+    text = _read_input(changes)
+    if json_in:
+        document = parse_json_changes(text)
+        out = []
+        for entry in document.repositories:
+            repo_root = (root / entry.path).resolve() if not os.path.isabs(entry.path) else Path(entry.path).resolve()
+            if not repo_root.is_dir():
+                raise UsageError(f"repository {entry.path} of the change list is not a directory")
+            rid = repo_id if (repo_id and len(document.repositories) == 1) else repo_root.name
+            out.append(request(repo_root, rid, "paths", entry.changes()))
+        return out
+    parsed = list(parse_nul(text) if null else parse_lines(text.splitlines()))
+    return [request(root, name, "paths", parsed)]
+
+
+def _dispatch(request, show_progress: bool) -> dict:
+    """Send the plan task and wait for the sync's summary, drawing progress when asked."""
+    from config.settings import get_settings
+    from tasks.sync import plan
+    from workers import resources
+
+    payload = request.model_dump(mode="json")
+    if not show_progress or request.dry_run:
+        return plan.apply_async(args=[payload]).get(disable_sync_subtasks=False)
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["result"] = plan.apply_async(args=[payload]).get(disable_sync_subtasks=False)
+        except BaseException as exc:  # re-raised in the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state = resources.state_store(get_settings(), readonly=True)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task(f"indexing {request.repo_id}", total=None)
+        while thread.is_alive():
+            thread.join(0.2)
+            try:
+                run = state.get_run(request.run_id)
+            except CodeindexError:
+                run = None
+            if run and run.files_total:
+                progress.update(bar, total=run.files_total, completed=run.files_done)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+@app.command()
+def sync(
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read paths (or git --name-status lines) from standard input; the default when input is piped.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Input paths are NUL-separated (git diff -z, find -print0).")] = False,
+    json_mode: Annotated[bool, typer.Option("--json", help="The change list is the sync spec's JSON ({\"repositories\": [...]}); print the result as one JSON document.")] = False,
+    changes: Annotated[Optional[Path], typer.Option("--changes", help="Read the change list from this file instead of standard input.", dir_okay=False)] = None,
+    detect_changes: Annotated[bool, typer.Option("--detect-changes", help="Ask git what changed since the last indexed commit (a full scan the first time).")] = False,
+    scan_all: Annotated[bool, typer.Option("--all", help="Scan the whole repository.")] = False,
+    delete_missing: Annotated[bool, typer.Option("--delete-missing", help="Also remove indexed files that no longer exist on disk.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing anywhere.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Allow a sync that deletes more than the guard's share (20%) of a repository.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged files, and chunk reuse.")] = False,
+    output: Annotated[Optional[str], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name).")] = None,
+    root: RootOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Sync the index with the repository: index added and changed files, drop deleted ones.
+
+    Paths are relative to the repository root (as git prints them) or absolute inside it.
+    Plain `git diff --name-only` lists only the new path of a rename; pipe
+    `git diff --name-status` (or use --detect-changes) to have renames and deletions exact.
+    """
+    from indexing.messages import SyncSummary
+
+    from cli.output import render_summary
+
+    fmt = output or ("json" if json_mode else "text")
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format must be text or json, not {fmt!r}")
+    repo_root, settings = _setup(root, collection, verbose)
+    requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
+                         changes=changes, detect=detect_changes, scan_all=scan_all,
+                         delete_missing=delete_missing, dry_run=dry_run, force=force)
+    show_progress = fmt == "text" and sys.stdout.isatty()
+    summaries = []
+    if fmt == "text":
+        sys.stdout.write(f"Syncing to collection: {settings.collection}\n")
+    for request in requests:
+        started = time.monotonic()
+        summary = SyncSummary.model_validate(_dispatch(request, show_progress))
+        wall = time.monotonic() - started
+        summary.seconds = round(wall, 3)
+        summaries.append(summary)
+        if fmt == "text":
+            if len(requests) > 1:
+                sys.stdout.write(f"\nRepository {request.repo_id} ({request.root})\n")
+            render_summary(summary, sys.stdout, verbose, wall)
+    if fmt == "json":
+        docs = [s.model_dump(mode="json") for s in summaries]
+        json.dump(docs[0] if len(docs) == 1 else {"repositories": docs}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if any(s.errors for s in summaries):
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in natural language or code.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, max=1000, help="How many chunks to return.")] = 10,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Only this repository id.")] = None,
+    json_out: JsonOut = False,
+    root: RootOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Print the top-k chunks nearest to QUERY, with path, line range and score.
+
+    The query is embedded with the model the collection was built with.
+    """
+    from indexing.embedders import embedder_for_model
+    from workers import resources
+
+    _, settings = _setup(root, collection)
+    state = resources.state_store(settings, readonly=True)
+    meta = state.collection_meta(settings.collection)
+    if meta is None:
+        raise UsageError(f"collection {settings.collection!r} is empty: run `codeindex sync --all` first")
+    embedder = embedder_for_model(meta.embedding_model, settings.model_batch_size)
+    hits = resources.vector_store(settings, settings.collection).search(embedder.embed([query])[0], k, repo)
+    if json_out:
+        json.dump([{name: getattr(h, name) for name in h.__slots__} for h in hits], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for rank, hit in enumerate(hits, 1):
+        sys.stdout.write(f"{rank:>2}. {hit.path}:{hit.start_line}-{hit.end_line}  score={hit.score:.3f}  repo={hit.repo}\n")
+        for line in hit.content.splitlines()[:3]:
+            sys.stdout.write(f"      {line[:120]}\n")
+
+
+@app.command()
+def status(json_out: JsonOut = False, root: RootOpt = None, collection: CollectionOpt = None) -> None:
+    """Show the indexed repositories: files, chunks, last indexed commit, model."""
+    from workers import resources
+
+    _, settings = _setup(root, collection)
+    state = resources.state_store(settings, readonly=True)
+    meta = state.collection_meta(settings.collection)
+    repos = state.repo_stats()
+    doc = {
+        "home": str(settings.home), "collection": settings.collection,
+        "embedding_model": meta.embedding_model if meta else None, "dimension": meta.dimension if meta else None,
+        "objects": resources.vector_store(settings, settings.collection).count() if meta else 0,
+        "repositories": repos,
+    }
+    if json_out:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"Index: {doc['home']}  collection: {doc['collection']}  "
+                  f"model: {doc['embedding_model'] or '-'}  objects: {doc['objects']}")
+    table = Table("repo", "files", "chunks", "size", "last commit", "root")
+    for r in repos:
+        table.add_row(r["repo_id"], str(r["files"]), str(r["chunks"]), f"{r['bytes'] / 1024:.1f}kb",
+                      (r["last_commit"] or "-")[:12], r["root"])
+    console.print(table)
+
+
+@app.command()
+def export(
+    vectors: Annotated[bool, typer.Option("--vectors", help="Include each object's vector.")] = False,
+    root: RootOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Stream every object of the index as JSON lines, sorted by id."""
+    from workers import resources
+
+    _, settings = _setup(root, collection)
+    store = resources.vector_store(settings, settings.collection)
+    write = sys.stdout.write
+    for obj in store.export(with_vectors=vectors):
+        write(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+@app.command()
+def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
+         root: RootOpt = None) -> None:
+    """List the latest sync runs with their counts and status."""
+    from dataclasses import asdict
+
+    from workers import resources
+
+    _, settings = _setup(root, None)
+    records = resources.state_store(settings, readonly=True).list_runs(limit)
+    if json_out:
+        json.dump([asdict(r) for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for r in records:
+        sys.stdout.write(f"{r.id}  {r.repo_id}  {r.status:<9}  +{r.added} ~{r.updated} -{r.deleted} "
+                         f"={r.unchanged} skip {r.skipped} err {r.errors}  {r.started_at}\n")
+
+
+@app.command()
+def failures(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
+             root: RootOpt = None) -> None:
+    """List the dead-letter records of tasks that exhausted their retries."""
+    from workers import resources
+
+    _, settings = _setup(root, None)
+    records = resources.state_store(settings, readonly=True).failures(limit)
+    if json_out:
+        json.dump(records, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for r in records:
+        sys.stdout.write(f"{r['id']}  {r['created_at']}  {r['task']}  run={r['run_id']}  {r['error']}\n")
+
+
+def main() -> None:
+    """Entry point: run the command, turning codeindex errors into messages and exit codes."""
+    try:
+        app(standalone_mode=False)
+    except CodeindexError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

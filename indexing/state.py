@@ -1,0 +1,294 @@
+"""Sync state: collections and their model, repositories, file hashes, sync runs, failures.
+
+The embedded default keeps it in SQLite under ``.codeindex/``; a fleet keeps the same
+records in PostgreSQL. A file whose hash matches its state is UNCHANGED and costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from indexing.errors import StaleFenceError, StoreError
+
+_SQL_BATCH = 500
+
+
+def utcnow() -> str:
+    """The current UTC time as ISO 8601 with seconds (``2026-11-21T20:31:00.000+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionMeta:
+    """The embedding model a collection was built with; another model is refused."""
+
+    name: str
+    embedding_model: str
+    dimension: int
+    distance: str
+
+
+@dataclass(frozen=True, slots=True)
+class RepoRecord:
+    """A repository in the index: ``fence`` is the last fencing token granted for it."""
+
+    repo_id: str
+    root: str
+    collection: str
+    last_commit: str | None
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What was indexed of one file: content hash, size in bytes, number of chunks."""
+
+    path: str
+    sha256: str
+    size: int
+    chunk_count: int
+    encoding: str
+    language: str
+    fence: int
+    indexed_at: str
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One sync run and its counts; ``status`` is running, succeeded, partial or failed."""
+
+    id: str
+    repo_id: str
+    trigger: str
+    status: str = "running"
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    errors: int = 0
+    bytes: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    started_at: str = field(default_factory=utcnow)
+    finished_at: str | None = None
+    message: str = ""
+
+
+class StateStore(Protocol):
+    """Where sync state lives (SQLite here, PostgreSQL in a fleet)."""
+
+    def collection_meta(self, name: str) -> CollectionMeta | None: ...
+    def set_collection_meta(self, meta: CollectionMeta) -> None: ...
+    def get_repo(self, repo_id: str) -> RepoRecord | None: ...
+    def grant_fence(self, repo_id: str, root: str, collection: str) -> int: ...
+    def file_states(self, repo_id: str, paths: Sequence[str]) -> dict[str, FileState]: ...
+    def indexed_paths(self, repo_id: str) -> list[str]: ...
+    def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
+                     deletes: Sequence[str], last_commit: str | None) -> None: ...
+    def start_run(self, run: RunRecord) -> None: ...
+    def advance_run(self, run_id: str, files_done: int) -> None: ...
+    def finish_run(self, run: RunRecord) -> None: ...
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+    def list_runs(self, limit: int = 20) -> list[RunRecord]: ...
+    def record_failure(self, run_id: str | None, task: str, arguments: dict, error: str) -> None: ...
+    def repo_stats(self) -> list[dict]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY, embedding_model TEXT NOT NULL, dimension INTEGER NOT NULL,
+    distance TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repos (
+    repo_id TEXT PRIMARY KEY, root TEXT NOT NULL, collection TEXT NOT NULL,
+    last_commit TEXT, fence INTEGER NOT NULL DEFAULT 0, committed_fence INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    repo_id TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL, encoding TEXT NOT NULL, language TEXT NOT NULL,
+    fence INTEGER NOT NULL, indexed_at TEXT NOT NULL, PRIMARY KEY (repo_id, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL,
+    added INTEGER NOT NULL, updated INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    unchanged INTEGER NOT NULL, skipped INTEGER NOT NULL, errors INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, files_total INTEGER NOT NULL, files_done INTEGER NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, task TEXT NOT NULL,
+    arguments TEXT NOT NULL, error TEXT NOT NULL, created_at TEXT NOT NULL);
+"""
+
+
+class SQLiteStateStore:
+    """Sync state in one SQLite file (WAL, one connection per thread).
+
+    With ``readonly=True`` nothing is ever written, and a missing file reads as an empty
+    state (what ``--dry-run`` needs: it must not even create the file).
+    Raises :class:`StoreError` for a database error, :class:`StaleFenceError` from
+    :meth:`commit_files` when a newer writer already committed.
+    """
+
+    def __init__(self, path: Path, readonly: bool = False, timeout: float = 30.0) -> None:
+        self.path, self.readonly, self.timeout = Path(path), readonly, timeout
+        self._local = threading.local()
+        self._absent = readonly and not self.path.exists()
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._conn().executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.readonly:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout)
+            else:
+                conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, store: SQLiteStateStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            if self.store.readonly:
+                raise StoreError("the state store is open read-only (dry run)")
+            self.conn = self.store._conn()
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> SQLiteStateStore._Tx:
+        return SQLiteStateStore._Tx(self)
+
+    def _query(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
+        if self._absent:
+            return []
+        try:
+            return self._conn().execute(sql, list(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+
+    # collections and repositories
+
+    def collection_meta(self, name: str) -> CollectionMeta | None:
+        rows = self._query("SELECT name, embedding_model, dimension, distance FROM collections WHERE name = ?", [name])
+        return CollectionMeta(**dict(rows[0])) if rows else None
+
+    def set_collection_meta(self, meta: CollectionMeta) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO collections VALUES (?, ?, ?, ?, ?)",
+                         [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()])
+
+    def get_repo(self, repo_id: str) -> RepoRecord | None:
+        rows = self._query("SELECT repo_id, root, collection, last_commit, fence FROM repos WHERE repo_id = ?", [repo_id])
+        return RepoRecord(**dict(rows[0])) if rows else None
+
+    def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
+        """Register the repository if new and return its next fencing token (1, 2, ...)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO repos (repo_id, root, collection, fence, updated_at) VALUES (?, ?, ?, 0, ?) "
+                "ON CONFLICT (repo_id) DO UPDATE SET root = excluded.root", [repo_id, root, collection, utcnow()])
+            conn.execute("UPDATE repos SET fence = fence + 1 WHERE repo_id = ?", [repo_id])
+            return int(conn.execute("SELECT fence FROM repos WHERE repo_id = ?", [repo_id]).fetchone()[0])
+
+    # files
+
+    def file_states(self, repo_id: str, paths: Sequence[str]) -> dict[str, FileState]:
+        out: dict[str, FileState] = {}
+        unique = list(dict.fromkeys(paths))
+        for start in range(0, len(unique), _SQL_BATCH):
+            part = unique[start : start + _SQL_BATCH]
+            rows = self._query(
+                "SELECT path, sha256, size, chunk_count, encoding, language, fence, indexed_at FROM files "
+                f"WHERE repo_id = ? AND path IN ({','.join('?' * len(part))})", [repo_id, *part])
+            out.update({row["path"]: FileState(**dict(row)) for row in rows})
+        return out
+
+    def indexed_paths(self, repo_id: str) -> list[str]:
+        return [r[0] for r in self._query("SELECT path FROM files WHERE repo_id = ? ORDER BY path", [repo_id])]
+
+    def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
+                     deletes: Sequence[str], last_commit: str | None) -> None:
+        """Record the outcome of a sync atomically, refusing a writer older than the last commit.
+
+        Raises :class:`StaleFenceError` when a sync with a newer fence has committed already.
+        """
+        with self._tx() as conn:
+            row = conn.execute("SELECT committed_fence FROM repos WHERE repo_id = ?", [repo_id]).fetchone()
+            if row is None:
+                raise StoreError(f"repository {repo_id} is not registered in {self.path}")
+            if row[0] > fence:
+                raise StaleFenceError(
+                    f"sync with fencing token {fence} for {repo_id} is stale: token {row[0]} already committed")
+            conn.executemany(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo_id, path) DO UPDATE SET "
+                "sha256 = excluded.sha256, size = excluded.size, chunk_count = excluded.chunk_count, "
+                "encoding = excluded.encoding, language = excluded.language, fence = excluded.fence, "
+                "indexed_at = excluded.indexed_at",
+                [[repo_id, f.path, f.sha256, f.size, f.chunk_count, f.encoding, f.language, f.fence, f.indexed_at]
+                 for f in upserts])
+            conn.executemany("DELETE FROM files WHERE repo_id = ? AND path = ?", [[repo_id, p] for p in deletes])
+            conn.execute("UPDATE repos SET committed_fence = ?, updated_at = ? WHERE repo_id = ?",
+                         [fence, utcnow(), repo_id])
+            if last_commit:
+                conn.execute("UPDATE repos SET last_commit = ? WHERE repo_id = ?", [last_commit, repo_id])
+
+    # runs and failures
+
+    def start_run(self, run: RunRecord) -> None:
+        values = asdict(run)
+        with self._tx() as conn:
+            conn.execute(f"INSERT INTO sync_runs ({','.join(values)}) VALUES ({','.join('?' * len(values))})",
+                         list(values.values()))
+
+    def advance_run(self, run_id: str, files_done: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE sync_runs SET files_done = files_done + ? WHERE id = ?", [files_done, run_id])
+
+    def finish_run(self, run: RunRecord) -> None:
+        values = asdict(run)
+        run_id = values.pop("id")
+        with self._tx() as conn:
+            conn.execute(f"UPDATE sync_runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                         [*values.values(), run_id])
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM sync_runs WHERE id = ?", [run_id])
+        return RunRecord(**dict(rows[0])) if rows else None
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        return [RunRecord(**dict(r)) for r in self._query(
+            "SELECT * FROM sync_runs ORDER BY started_at DESC, rowid DESC LIMIT ?", [limit])]
+
+    def record_failure(self, run_id: str | None, task: str, arguments: dict, error: str) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO failures (run_id, task, arguments, error, created_at) VALUES (?, ?, ?, ?, ?)",
+                         [run_id, task, json.dumps(arguments, sort_keys=True, default=str), error, utcnow()])
+
+    def failures(self, limit: int = 20) -> list[dict]:
+        """The newest dead-letter records, newest first."""
+        return [dict(r) for r in self._query("SELECT * FROM failures ORDER BY id DESC LIMIT ?", [limit])]
+
+    def repo_stats(self) -> list[dict]:
+        """Per repository: id, root, collection, last commit, files and chunks indexed."""
+        return [dict(r) for r in self._query(
+            "SELECT r.repo_id, r.root, r.collection, r.last_commit, COUNT(f.path) AS files, "
+            "COALESCE(SUM(f.chunk_count), 0) AS chunks, COALESCE(SUM(f.size), 0) AS bytes "
+            "FROM repos r LEFT JOIN files f ON f.repo_id = r.repo_id GROUP BY r.repo_id ORDER BY r.repo_id")]

@@ -1,0 +1,320 @@
+"""The sync itself, in three steps that the tasks wrap (DESIGN.md, "Sync, step by step"):
+
+1. :func:`plan_sync` reads the change source, filters, compares hashes with the state and
+   decides ADD / UPDATE / DELETE / UNCHANGED per path;
+2. :func:`index_batch` reads, chunks, embeds (through the cache) and upserts one batch;
+3. :func:`commit_sync` deletes tails and deleted files, records file state and the run.
+
+Writes go in before deletes; deletes only for files named deleted, or with
+``--delete-missing``; a sync deleting more than the configured share needs ``--force``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexing.changes import Change, ChangeKind, git_changes, head_commit, is_ancestor_known
+from indexing.chunking import chunk_text
+from indexing.embed_cache import EmbeddingCache
+from indexing.embedders import Embedder
+from indexing.errors import FileIssue, MassDeleteError, ModelMismatchError, RepositoryError
+from indexing.ids import object_id, sha256_hex
+from indexing.languages import language_of
+from indexing.messages import (
+    Action, BatchJob, CommitJob, FileResult, PlannedFile, SyncRequest, SyncSummary,
+)
+from indexing.paths import relative_path
+from indexing.scanner import FileFilter, decode, read_file, walk
+from indexing.state import CollectionMeta, FileState, RunRecord, StateStore, utcnow
+from indexing.store import VectorObject, VectorStore
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLimits:
+    """The settings the planner obeys: sizes in bytes, ``delete_threshold`` a share (0..1)."""
+
+    max_file_size: int
+    batch_files: int
+    batch_bytes: int
+    delete_threshold: float
+
+
+@dataclass(slots=True)
+class Plan:
+    """The planner's output: every path's decision, and whether the commit may advance."""
+
+    files: list[PlannedFile]
+    commit: str
+    advance_commit: bool
+    note: str = ""
+
+    def to_index(self) -> list[PlannedFile]:
+        """The files that need reading and embedding (ADD and UPDATE)."""
+        return [f for f in self.files if f.action in (Action.ADD, Action.UPDATE)]
+
+    def batches(self, max_files: int, max_bytes: int) -> list[list[PlannedFile]]:
+        """Split :meth:`to_index` into batches of at most ``max_files`` files and about ``max_bytes`` bytes."""
+        out: list[list[PlannedFile]] = []
+        current: list[PlannedFile] = []
+        size = 0
+        for f in self.to_index():
+            if current and (len(current) >= max_files or size + f.size > max_bytes):
+                out.append(current)
+                current, size = [], 0
+            current.append(f)
+            size += f.size
+        if current:
+            out.append(current)
+        return out
+
+
+def check_model(state: StateStore, collection: str, embedder: Embedder) -> None:
+    """Refuse to mix embedding models in one collection.
+
+    Raises :class:`ModelMismatchError` when ``collection`` was built with another model id
+    or dimension than ``embedder``'s.
+    """
+    meta = state.collection_meta(collection)
+    if meta and (meta.embedding_model != embedder.model_id or meta.dimension != embedder.dimension):
+        raise ModelMismatchError(
+            f"collection {collection!r} holds vectors of {meta.embedding_model} ({meta.dimension}-d); "
+            f"this sync uses {embedder.model_id} ({embedder.dimension}-d). Use the same embedder "
+            "(CODEINDEX_EMBEDDER), or another collection (--collection / CODEINDEX_COLLECTION)"
+        )
+
+
+def record_model(state: StateStore, collection: str, embedder: Embedder) -> None:
+    """Store the collection's model the first time anything is written to it."""
+    state.set_collection_meta(CollectionMeta(collection, embedder.model_id, embedder.dimension, embedder.distance))
+
+
+def _changes_for(request: SyncRequest, root: Path, state: StateStore, file_filter: FileFilter) -> tuple[Iterable[Change], str, bool, str]:
+    """The change source of ``request`` as changes, the commit synced, whether it may advance, a note."""
+    commit = head_commit(root) or ""
+    if request.source == "paths":
+        return (Change(p, ChangeKind(k)) for p, k in request.changes), commit, False, ""
+    if request.source == "detect":
+        repo = state.get_repo(request.repo_id)
+        last = repo.last_commit if repo else None
+        if not commit:
+            raise RepositoryError(f"{root} has no git history; --detect-changes needs a git repository with a commit")
+        if last and is_ancestor_known(root, last):
+            return git_changes(root, last, commit), commit, True, ""
+        note = ("no indexed commit yet: scanning the whole repository" if not last
+                else f"last indexed commit {last[:12]} is gone from history: scanning the whole repository")
+        return _full_scan(root, file_filter), commit, True, note
+    return _full_scan(root, file_filter), commit, True, ""
+
+
+def _full_scan(root: Path, file_filter: FileFilter) -> Iterator[Change]:
+    return (Change(rel, ChangeKind.LISTED) for rel in walk(root, file_filter))
+
+
+def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, limits: PlanLimits) -> Plan:
+    """Decide what to do with every path the request's change source names.
+
+    Returns a :class:`Plan` in source order. Paths outside the root, unreadable or
+    undecodable files become ERROR entries; ignored, binary, oversized and missing files
+    SKIP entries; nothing here writes anywhere.
+    Raises :class:`MassDeleteError` when deletes exceed ``limits.delete_threshold`` of the
+    repository's indexed files and ``request.force`` is false; :class:`RepositoryError`
+    when ``--detect-changes`` has no git history to read.
+    """
+    root = Path(request.root)
+    changes, commit, advance, note = _changes_for(request, root, state, file_filter)
+    wanted: dict[str, ChangeKind] = {}
+    problems: list[PlannedFile] = []
+    for change in changes:
+        try:
+            rel = relative_path(root, change.path)
+        except FileIssue as issue:
+            problems.append(PlannedFile(path=change.path, action=Action.ERROR, reason=issue.reason))
+            continue
+        wanted[rel] = change.kind
+    full_scan = request.source == "all" or (request.source == "detect" and bool(note))
+    if full_scan and request.delete_missing:
+        for rel in state.indexed_paths(request.repo_id):
+            wanted.setdefault(rel, ChangeKind.LISTED)
+
+    known = state.file_states(request.repo_id, list(wanted))
+    planned = [
+        _plan_one(root, rel, kind, known.get(rel), request.delete_missing, file_filter, limits.max_file_size)
+        for rel, kind in wanted.items()
+    ]
+    planned = [p for p in planned if p is not None] + problems
+    deleting = sum(1 for p in planned if p.action is Action.DELETE)
+    if deleting and not request.force:
+        indexed = len(state.indexed_paths(request.repo_id))
+        if deleting > limits.delete_threshold * indexed:
+            raise MassDeleteError.for_counts(deleting, indexed, limits.delete_threshold)
+    return Plan(planned, commit, advance, note)
+
+
+def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
+              file_filter: FileFilter, max_size: int) -> PlannedFile | None:
+    """The decision for one path; None when there is nothing to say (deleted and never indexed)."""
+    on_disk = os.path.lexists(root / rel)
+    if not on_disk:
+        if known and (kind is ChangeKind.DELETED or delete_missing):
+            return PlannedFile(path=rel, action=Action.DELETE, old_chunks=known.chunk_count, size=known.size)
+        if kind is ChangeKind.DELETED:
+            return None
+        hint = "; pass --delete-missing to drop it from the index" if known else ""
+        return PlannedFile(path=rel, action=Action.SKIP, reason=f"missing on disk{hint}")
+    reason = file_filter.reason_to_skip(rel)
+    if reason:
+        return PlannedFile(path=rel, action=Action.SKIP, reason=reason)
+    try:
+        data = read_file(root, rel, max_size)
+        digest = sha256_hex(data)
+        if known and known.sha256 == digest:
+            return PlannedFile(path=rel, action=Action.UNCHANGED, size=len(data), sha256=digest,
+                               old_chunks=known.chunk_count)
+        decode(data)
+    except FileIssue as issue:
+        action = Action.SKIP if issue.status == "skipped" else Action.ERROR
+        return PlannedFile(path=rel, action=action, reason=issue.reason, old_chunks=known.chunk_count if known else 0)
+    return PlannedFile(path=rel, action=Action.UPDATE if known else Action.ADD, size=len(data), sha256=digest,
+                       old_chunks=known.chunk_count if known else 0)
+
+
+def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedder: Embedder,
+                max_file_size: int) -> list[FileResult]:
+    """Read, chunk, embed and upsert the files of one batch; return one result per file.
+
+    File problems (vanished, now binary, unreadable) become failed results and do not stop
+    the batch. Chunks whose text is in ``cache`` are not embedded again. All objects of the
+    batch go to the store in one upsert carrying ``job.fence``.
+    Raises :class:`StoreError` when the store or cache fails (the task retries the batch).
+    """
+    root = Path(job.root)
+    results: list[FileResult] = []
+    pending: list[tuple[FileResult, list]] = []
+    for planned in job.files:
+        try:
+            data = read_file(root, planned.path, max_file_size)
+            text = decode(data)
+        except FileIssue as issue:
+            results.append(FileResult(path=planned.path, ok=False, reason=issue.reason, skipped=issue.status == "skipped"))
+            continue
+        chunks = chunk_text(text.text, embedder.max_tokens, embedder.count_tokens)
+        result = FileResult(path=planned.path, ok=True, sha256=sha256_hex(data), size=len(data),
+                            chunk_count=len(chunks), encoding=text.encoding, language=language_of(planned.path))
+        results.append(result)
+        pending.append((result, chunks))
+
+    hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for _, chunks in pending for c in chunks]
+    vectors = cache.get_many(embedder.model_id, hashes)
+    missing: dict[str, str] = {}
+    for (result, chunks) in pending:
+        for chunk in chunks:
+            h = sha256_hex(chunk.text.encode("utf-8", "surrogatepass"))
+            if h in vectors or h in missing:
+                result.reused += 1
+            else:
+                missing[h] = chunk.text
+                result.embedded += 1
+    if missing:
+        fresh = embedder.embed(list(missing.values()))
+        new = dict(zip(missing.keys(), fresh))
+        cache.put_many(embedder.model_id, new)
+        vectors.update(new)
+
+    now = utcnow()
+    objects = []
+    for result, chunks in pending:
+        for chunk in chunks:
+            h = sha256_hex(chunk.text.encode("utf-8", "surrogatepass"))
+            objects.append(VectorObject(
+                id=object_id(job.collection, job.repo_id, result.path, chunk.index), repo=job.repo_id,
+                path=result.path, chunk_index=chunk.index, start_line=chunk.start_line, end_line=chunk.end_line,
+                content=chunk.text, language=result.language, content_sha256=h, commit=job.commit,
+                indexed_at=now, embedding_model=embedder.model_id, fence=job.fence, vector=vectors[h]))
+    if objects:
+        store.ensure_collection(embedder.dimension)
+        store.upsert(objects)
+    return results
+
+
+def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, store: VectorStore) -> SyncSummary:
+    """Finish a sync: delete shrunk files' tails and deleted files, record state and the run.
+
+    ``results`` are the header tasks' file results (any order). A file whose indexing
+    failed keeps its old state, so the next sync redoes exactly that file. The last indexed
+    commit advances only when the source allows it and no file failed.
+    Raises :class:`StaleFenceError` when a newer sync of the repository committed first.
+    """
+    by_path = {r.path: r for r in results}
+    stale_ids: list[str] = []
+    upserts: list[FileState] = []
+    deletes: list[str] = []
+    final: list[PlannedFile] = []
+    summary = SyncSummary(run_id=job.run_id, repo_id=job.repo_id, collection=job.collection, status="succeeded",
+                          commit=job.commit)
+    now = utcnow()
+    for planned in job.files:
+        entry = planned.model_copy()
+        if planned.action in (Action.ADD, Action.UPDATE):
+            result = by_path.get(planned.path)
+            if result is None or not result.ok:
+                entry.action = Action.SKIP if result is not None and result.skipped else Action.ERROR
+                entry.reason = result.reason if result else "no result from the embedding task"
+            else:
+                entry.size, entry.sha256 = result.size, result.sha256
+                summary.chunks_embedded += result.embedded
+                summary.chunks_reused += result.reused
+                stale_ids += [object_id(job.collection, job.repo_id, planned.path, i)
+                              for i in range(result.chunk_count, planned.old_chunks)]
+                upserts.append(FileState(planned.path, result.sha256, result.size, result.chunk_count,
+                                         result.encoding, result.language, job.fence, now))
+        elif planned.action is Action.DELETE:
+            stale_ids += [object_id(job.collection, job.repo_id, planned.path, i) for i in range(planned.old_chunks)]
+            deletes.append(planned.path)
+        _count(summary, entry)
+        final.append(entry)
+    store.delete(stale_ids, job.fence)
+    advance = job.commit if job.advance_commit and summary.errors == 0 else None
+    state.commit_files(job.repo_id, job.fence, upserts, deletes, advance)
+    summary.files = final
+    summary.status = "partial" if summary.errors else "succeeded"
+    return summary
+
+
+def _count(summary: SyncSummary, entry: PlannedFile) -> None:
+    if entry.action is Action.ADD:
+        summary.added += 1
+        summary.bytes_added += entry.size
+    elif entry.action is Action.UPDATE:
+        summary.updated += 1
+        summary.bytes_updated += entry.size
+    elif entry.action is Action.DELETE:
+        summary.deleted += 1
+    elif entry.action is Action.UNCHANGED:
+        summary.unchanged += 1
+    elif entry.action is Action.SKIP:
+        summary.skipped += 1
+    else:
+        summary.errors += 1
+
+
+def summarize_plan(request: SyncRequest, plan: Plan, seconds: float) -> SyncSummary:
+    """The summary of a plan that is not carried out (``--dry-run``), or needs no embedding."""
+    summary = SyncSummary(run_id=request.run_id, repo_id=request.repo_id, collection=request.collection,
+                          status="dry-run" if request.dry_run else "succeeded", dry_run=request.dry_run,
+                          commit=plan.commit, message=plan.note, seconds=seconds)
+    for entry in plan.files:
+        _count(summary, entry)
+    summary.files = plan.files
+    return summary
+
+
+def run_record(summary: SyncSummary, trigger: str, started_at: str, total: int) -> RunRecord:
+    """The sync-run row for a finished summary."""
+    return RunRecord(
+        id=summary.run_id, repo_id=summary.repo_id, trigger=trigger, status=summary.status,
+        added=summary.added, updated=summary.updated, deleted=summary.deleted, unchanged=summary.unchanged,
+        skipped=summary.skipped, errors=summary.errors, bytes=summary.bytes_added + summary.bytes_updated,
+        files_total=total, files_done=total, started_at=started_at, finished_at=utcnow(), message=summary.message)

@@ -1,0 +1,5 @@
+"""The Celery app and the worker runtime (``celery -A workers worker``, ``celery -A workers flower``)."""
+
+from workers.app import app
+
+__all__ = ["app"]

@@ -1,0 +1,60 @@
+"""The Celery application and the task policy every codeindex task shares.
+
+Retries, backoff, acknowledgement and the dead-letter record are set once, on
+:class:`CodeindexTask`, as Sentry's ``instrumented_task`` does; a task definition reads as
+a declaration (``@codeindex_task("codeindex.sync.plan")``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, Task
+from celery.result import allow_join_result
+
+from config.celery import celery_config
+from config.settings import Settings, get_settings
+from indexing.errors import LockTimeoutError, StoreError
+
+log = logging.getLogger("codeindex.tasks")
+
+app = Celery("codeindex", include=["tasks.sync", "tasks.embed"])
+app.conf.update(celery_config(get_settings()))
+
+
+def apply_settings(settings: Settings) -> None:
+    """Re-read the Celery configuration from ``settings`` (the CLI calls it after its options)."""
+    app.conf.update(celery_config(settings))
+
+
+class CodeindexTask(Task):
+    """Base of every codeindex task: transient failures retry with exponential backoff and
+    jitter (each delay capped well below the broker's visibility timeout), idempotent work
+    acknowledges late, and a task that exhausts its retries leaves a failure record."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = (StoreError, LockTimeoutError)
+    max_retries = 5
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+
+    def on_replace(self, sig):
+        """Run the replacing signature; in eager mode its results already exist when read,
+        so the join Celery guards against (a task blocking on subtasks) cannot block."""
+        if self.request.is_eager:
+            with allow_join_result():
+                return sig.apply().get()
+        return super().on_replace(sig)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: D401 - Celery hook
+        """Record the dead-letter entry and mark the run failed."""
+        from tasks.failures import record_task_failure
+
+        record_task_failure(self.name, args, kwargs, exc)
+
+
+def codeindex_task(name: str, **options):
+    """Declare a codeindex task: ``name`` is its stable name (shown in Flower)."""
+    return app.task(name=name, base=CodeindexTask, bind=True, **options)
