@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_always_eager": settings.eager,
-        "task_eager_propagates": True,
+        "task_eager_propagates": False,  # errors surface from result.get(), as from a worker
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -66,6 +66,10 @@ class StoreError(CodeindexError):
     """The vector store, the state store or the embedding cache failed."""
 
 
+class SyncFailedError(CodeindexError):
+    """A step of the sync failed after its retries; the state is as it was before the sync."""
+
+
 class FileIssue(Exception):
     """A problem with one file: it is reported and counted, and the sync goes on.
 

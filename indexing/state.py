@@ -255,7 +255,9 @@ class SQLiteStateStore:
     def start_run(self, run: RunRecord) -> None:
         values = asdict(run)
         with self._tx() as conn:
-            conn.execute(f"INSERT INTO sync_runs ({','.join(values)}) VALUES ({','.join('?' * len(values))})",
+            # Idempotent: a redelivered plan message restarts the same run.
+            conn.execute(f"INSERT INTO sync_runs ({','.join(values)}) VALUES ({','.join('?' * len(values))}) "
+                         f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{k} = excluded.{k}' for k in values if k != 'id')}",
                          list(values.values()))
 
     def advance_run(self, run_id: str, files_done: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from config.settings import get_settings
-from indexing.errors import RefusedError, UsageError
+from indexing.errors import RefusedError, SyncFailedError, UsageError
 from indexing.state import utcnow
 from workers import resources
 
@@ -32,8 +32,9 @@ def mark_run_failed(run_id: str | None, message: str) -> None:
 
 
 def record_task_failure(task_name: str, args, kwargs, exc: BaseException) -> None:
-    """Record a failed task (refusals and usage errors are answers, not failures: skipped)."""
-    if isinstance(exc, (RefusedError, UsageError)):
+    """Record a failed task. Refusals and usage errors are answers, not failures, and a
+    SyncFailedError only relays a failure already recorded by the task that failed: skipped."""
+    if isinstance(exc, (RefusedError, UsageError, SyncFailedError)):
         return
     settings = get_settings()
     if settings.home is None:

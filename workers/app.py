@@ -14,7 +14,7 @@ from celery.result import allow_join_result
 
 from config.celery import celery_config
 from config.settings import Settings, get_settings
-from indexing.errors import LockTimeoutError, StoreError
+from indexing.errors import CodeindexError, LockTimeoutError, StoreError, SyncFailedError
 
 log = logging.getLogger("codeindex.tasks")
 
@@ -44,8 +44,13 @@ class CodeindexTask(Task):
         """Run the replacing signature; in eager mode its results already exist when read,
         so the join Celery guards against (a task blocking on subtasks) cannot block."""
         if self.request.is_eager:
-            with allow_join_result():
-                return sig.apply().get()
+            try:
+                with allow_join_result():
+                    return sig.apply().get()
+            except CodeindexError as exc:
+                # The replacing work already retried and left its failure record; retrying
+                # this task too would redo all of it, so the failure is final here.
+                raise SyncFailedError(f"{type(exc).__name__}: {exc}") from exc
         return super().on_replace(sig)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: D401 - Celery hook
