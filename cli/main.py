@@ -330,24 +330,15 @@ def failures(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_ou
 
 
 def main() -> None:
-    """Entry point: run the command, turning codeindex errors into messages and exit codes."""
+    """Entry point: run the command; codeindex errors become a message and their exit code.
+
+    Click (standalone mode) prints usage errors itself and exits with 2.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except CodeindexError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.stderr.write("aborted\n")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS failures (
 
 
 class SQLiteStateStore:
-    """Sync state in one SQLite file (WAL, one connection per thread).
+    """Sync state in one SQLite file (rollback journal, one connection per thread).
 
     With ``readonly=True`` nothing is ever written, and a missing file reads as an empty
     state (what ``--dry-run`` needs: it must not even create the file).
@@ -153,7 +153,9 @@ class SQLiteStateStore:
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout)
             else:
                 conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                # A rollback journal, not WAL: a read-only reader (--dry-run) then creates no
+                # -wal/-shm files, so a dry run leaves the index directory byte for byte as it was.
+                conn.execute("PRAGMA journal_mode=DELETE")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
