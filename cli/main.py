@@ -114,7 +114,7 @@ def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, 
             rid = repo_id if (repo_id and len(document.repositories) == 1) else repo_root.name
             out.append(request(repo_root, rid, "paths", entry.changes()))
         return out
-    parsed = list(parse_nul(text) if null else parse_lines(text.splitlines()))
+    parsed = list(parse_nul(text) if null else parse_lines(text.split("\n")))
     return [request(root, name, "paths", parsed)]
 
 

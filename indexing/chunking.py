@@ -2,8 +2,8 @@
 
 A file is cut into blocks at lines that start a new unit at the file's outer indentation
 and follow a blank line (top-level definitions, paragraphs). Blocks are packed into chunks
-up to the model's token limit, but a *definition* (``def``, ``class``, ``function``,
-``fn``, a heading...) always opens a new chunk: packing restarts there, so an edit can move
+up to the model's token limit, but a block that starts with a *definition* (``def``,
+``class``, ``function``, ``fn``, a heading...) always opens a new chunk: packing restarts there, so an edit can move
 chunk boundaries only up to the next definition, and unchanged code keeps unchanged chunks
 (and its cached embeddings). A block too large for one chunk is split the same way one
 indentation level deeper, then at blank lines, then by lines.
@@ -47,7 +47,7 @@ def chunk_text(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[C
     """
     if max_tokens < 1:
         raise ValueError("max_tokens must be >= 1")
-    lines = text.splitlines()
+    lines = split_lines(text)
     if not lines:
         return []
     tokens = count_tokens(lines)
@@ -57,6 +57,18 @@ def chunk_text(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[C
         Chunk(i, a + 1, b, "\n".join(lines[a:b]))
         for i, (a, b) in enumerate(spans)
     ]
+
+
+def split_lines(text: str) -> list[str]:
+    """Split at ``\n`` only (a trailing ``\r`` is dropped), as git and editors count lines.
+
+    ``str.splitlines`` would also split at form feeds, ``\x85`` and ``\u2028``, and line
+    numbers would stop matching the file.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 class _Chunker:

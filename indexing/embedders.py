@@ -42,7 +42,8 @@ class Embedder(Protocol):
         ...
 
 
-_WORD = re.compile(r"[A-Za-z][a-z]*|[A-Z]+(?![a-z])|\d+|[^\sA-Za-z\d]")
+# Capital runs first (``HTTP`` of ``HTTPServer``), then capitalised or lowercase words.
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+|[^\sA-Za-z\d]")
 
 
 class HashingEmbedder:

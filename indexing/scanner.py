@@ -103,11 +103,12 @@ class FileFilter:
 
 
 def walk(root: Path, file_filter: FileFilter) -> Iterator[str]:
-    """Yield every indexable file under ``root`` as a sorted, POSIX, relative path.
+    """Yield every indexable file under ``root`` as a POSIX path relative to it.
 
-    Directories excluded by the filter are pruned (never descended into); symlinked
-    directories are not followed. Files are yielded before the filter's per-file check so
-    that the caller can report why a file is skipped.
+    Order: depth first, entries sorted by name within each directory (repeatable).
+    Directories excluded by the filter are pruned (never descended into); symlinks to
+    directories are not followed; symlinks to files are yielded (the planner refuses those
+    that leave the root). Files the filter rejects are not yielded.
     """
     root = Path(root)
     stack = [""]
@@ -123,7 +124,7 @@ def walk(root: Path, file_filter: FileFilter) -> Iterator[str]:
             if entry.is_dir(follow_symlinks=False):
                 if not file_filter.dir_excluded(rel):
                     subdirs.append(rel)
-            elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            elif entry.is_file(follow_symlinks=False) or (entry.is_symlink() and not entry.is_dir()):
                 if file_filter.reason_to_skip(rel) is None:
                     yield rel
         stack.extend(reversed(subdirs))

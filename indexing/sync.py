@@ -125,26 +125,26 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
     """
     root = Path(request.root)
     changes, commit, advance, note = _changes_for(request, root, state, file_filter)
-    wanted: dict[str, ChangeKind] = {}
-    problems: list[PlannedFile] = []
-    for change in changes:
+    # One ordered mapping keeps source order for usable paths and refused ones alike; a
+    # path named twice keeps its first place and its last kind.
+    wanted: dict[str, ChangeKind | PlannedFile] = {}
+    for n, change in enumerate(changes):
         try:
-            rel = relative_path(root, change.path)
+            wanted[relative_path(root, change.path)] = change.kind
         except FileIssue as issue:
-            problems.append(PlannedFile(path=change.path, action=Action.ERROR, reason=issue.reason))
-            continue
-        wanted[rel] = change.kind
+            wanted[f"\0{n}"] = PlannedFile(path=change.path, action=Action.ERROR, reason=issue.reason)
     full_scan = request.source == "all" or (request.source == "detect" and bool(note))
     if full_scan and request.delete_missing:
         for rel in state.indexed_paths(request.repo_id):
             wanted.setdefault(rel, ChangeKind.LISTED)
 
-    known = state.file_states(request.repo_id, list(wanted))
+    known = state.file_states(request.repo_id, [rel for rel, kind in wanted.items() if isinstance(kind, ChangeKind)])
     planned = [
-        _plan_one(root, rel, kind, known.get(rel), request.delete_missing, file_filter, limits.max_file_size)
+        kind if isinstance(kind, PlannedFile)
+        else _plan_one(root, rel, kind, known.get(rel), request.delete_missing, file_filter, limits.max_file_size)
         for rel, kind in wanted.items()
     ]
-    planned = [p for p in planned if p is not None] + problems
+    planned = [p for p in planned if p is not None]
     deleting = sum(1 for p in planned if p.action is Action.DELETE)
     if deleting and not request.force:
         indexed = len(state.indexed_paths(request.repo_id))
