@@ -22,8 +22,11 @@ _DEFINITION = re.compile(
     r"|(?:async\s+)?def\s|class\s|(?:export\s+)?(?:default\s+)?(?:async\s+)?function[\s*]"
     r"|func\s|fn\s|pub(?:\([^)]*\))?\s|impl[\s<]|struct\s|enum\s|interface\s|trait\s|type\s\w+\s*[=<{]"
     r"|module\s|namespace\s|(?:public|private|protected|internal|static|abstract|final|sealed)\s"
-    r"|#{1,6}\s|\[[^\]]+\]\s*$)"
+    r"|\[[^\]]+\]\s*$)"
 )
+# Headings are definitions in Markdown only: elsewhere ``# ...`` is a comment.
+_HEADING = re.compile(r"^#{1,6}\s")
+_HEADING_LANGUAGES = frozenset({"markdown"})
 _CLOSER = re.compile(r"^(?:[)\]}]|end\b|else\b|elif\b|except\b|finally\b|catch\b)")
 
 
@@ -37,9 +40,11 @@ class Chunk:
     text: str
 
 
-def chunk_text(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[Chunk]:
+def chunk_text(text: str, max_tokens: int, count_tokens: TokenCounter, language: str = "text") -> list[Chunk]:
     """Cut ``text`` into chunks of at most ``max_tokens`` tokens (by ``count_tokens``).
 
+    ``language`` (as :func:`indexing.languages.language_of` names it) decides whether
+    ``#`` headings open chunks (Markdown) or are comments (everything else).
     ``count_tokens`` maps a list of lines to their token counts (the embedder's tokenizer).
     A single line longer than the limit becomes a chunk of its own (the model truncates it).
     Blank lines between chunks belong to no chunk. Returns chunks in file order, indexed
@@ -51,7 +56,7 @@ def chunk_text(text: str, max_tokens: int, count_tokens: TokenCounter) -> list[C
     if not lines:
         return []
     tokens = count_tokens(lines)
-    chunker = _Chunker(lines, tokens, max_tokens)
+    chunker = _Chunker(lines, tokens, max_tokens, language in _HEADING_LANGUAGES)
     spans = chunker.pack(chunker.blocks(0, len(lines)))
     return [
         Chunk(i, a + 1, b, "\n".join(lines[a:b]))
@@ -72,8 +77,8 @@ def split_lines(text: str) -> list[str]:
 
 
 class _Chunker:
-    def __init__(self, lines: list[str], tokens: list[int], max_tokens: int) -> None:
-        self.lines, self.tokens, self.max = lines, tokens, max_tokens
+    def __init__(self, lines: list[str], tokens: list[int], max_tokens: int, headings: bool) -> None:
+        self.lines, self.tokens, self.max, self.headings = lines, tokens, max_tokens, headings
         self.blank = [not line.strip() for line in lines]
         self.indent = [len(line) - len(line.lstrip()) for line in lines]
 
@@ -108,7 +113,8 @@ class _Chunker:
         return out
 
     def is_definition(self, a: int) -> bool:
-        return bool(_DEFINITION.match(self.lines[a].lstrip()))
+        line = self.lines[a].lstrip()
+        return bool(_DEFINITION.match(line) or (self.headings and _HEADING.match(line)))
 
     def pack(self, blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Greedy packing that restarts at every definition (the stable anchors)."""

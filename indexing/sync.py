@@ -192,7 +192,7 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
     """
     root = Path(job.root)
     results: list[FileResult] = []
-    pending: list[tuple[FileResult, list]] = []
+    pending: list[tuple[FileResult, list, list[str]]] = []
     for planned in job.files:
         try:
             data = read_file(root, planned.path, max_file_size)
@@ -200,18 +200,18 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         except FileIssue as issue:
             results.append(FileResult(path=planned.path, ok=False, reason=issue.reason, skipped=issue.status == "skipped"))
             continue
-        chunks = chunk_text(text.text, embedder.max_tokens, embedder.count_tokens)
+        language = language_of(planned.path)
+        chunks = chunk_text(text.text, embedder.max_tokens, embedder.count_tokens, language)
         result = FileResult(path=planned.path, ok=True, sha256=sha256_hex(data), size=len(data),
-                            chunk_count=len(chunks), encoding=text.encoding, language=language_of(planned.path))
+                            chunk_count=len(chunks), encoding=text.encoding, language=language)
         results.append(result)
-        pending.append((result, chunks))
+        hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
+        pending.append((result, chunks, hashes))
 
-    hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for _, chunks in pending for c in chunks]
-    vectors = cache.get_many(embedder.model_id, hashes)
+    vectors = cache.get_many(embedder.model_id, [h for _, _, hashes in pending for h in hashes])
     missing: dict[str, str] = {}
-    for (result, chunks) in pending:
-        for chunk in chunks:
-            h = sha256_hex(chunk.text.encode("utf-8", "surrogatepass"))
+    for result, chunks, hashes in pending:
+        for chunk, h in zip(chunks, hashes):
             if h in vectors or h in missing:
                 result.reused += 1
             else:
@@ -224,15 +224,15 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         vectors.update(new)
 
     now = utcnow()
-    objects = []
-    for result, chunks in pending:
-        for chunk in chunks:
-            h = sha256_hex(chunk.text.encode("utf-8", "surrogatepass"))
-            objects.append(VectorObject(
-                id=object_id(job.collection, job.repo_id, result.path, chunk.index), repo=job.repo_id,
-                path=result.path, chunk_index=chunk.index, start_line=chunk.start_line, end_line=chunk.end_line,
-                content=chunk.text, language=result.language, content_sha256=h, commit=job.commit,
-                indexed_at=now, embedding_model=embedder.model_id, fence=job.fence, vector=vectors[h]))
+    objects = [
+        VectorObject(
+            id=object_id(job.collection, job.repo_id, result.path, chunk.index), repo=job.repo_id,
+            path=result.path, chunk_index=chunk.index, start_line=chunk.start_line, end_line=chunk.end_line,
+            content=chunk.text, language=result.language, content_sha256=h, commit=job.commit,
+            indexed_at=now, embedding_model=embedder.model_id, fence=job.fence, vector=vectors[h])
+        for result, chunks, hashes in pending
+        for chunk, h in zip(chunks, hashes)
+    ]
     if objects:
         store.ensure_collection(embedder.dimension)
         store.upsert(objects)

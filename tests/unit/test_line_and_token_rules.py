@@ -51,3 +51,10 @@ def test_refused_paths_keep_their_place_in_the_plan(tmp_path: Path) -> None:
     plan = plan_sync(request, state, FileFilter(root), PlanLimits(10_000, 10, 10_000, 0.2))
     assert [(f.path, f.action) for f in plan.files] == [
         ("a.py", Action.ADD), ("/etc/passwd", Action.ERROR), ("c.py", Action.ADD)]
+
+
+def test_hash_lines_open_chunks_in_markdown_only() -> None:
+    count = HashingEmbedder().count_tokens
+    text = "intro = 1\n\n# a comment paragraph\nvalue = 2\n"
+    assert len(chunk_text(text, 256, count, "python")) == 1
+    assert len(chunk_text("Intro text.\n\n# Heading\nBody.\n", 256, count, "markdown")) == 2
