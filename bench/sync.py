@@ -50,6 +50,9 @@ from pathlib import Path
 SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
 TEXT_SUFFIXES = {".py", ".pyi", ".md", ".txt", ".rst", ".json", ".toml", ".cfg"}
 MAX_COPY_BYTES = 256 * 1024
+# A embeds every chunk with the model (about 25 chunks/s on 2 cores), twice (sync, then the
+# model alone): smaller files keep that run in minutes while keeping >= 1,000 real files.
+MODEL_TREE_MAX_BYTES = 8 * 1024
 # The >= 1,000-file tree (A, B, C): application-style libraries first.
 SMALL_TREE_PACKAGES = [
     "celery", "kombu", "pydantic", "rich", "typer", "click", "git", "lancedb", "pyarrow",
@@ -99,7 +102,7 @@ def strip_codeindex_env() -> list[str]:
 # trees
 
 
-def candidate_files(packages: list[str]):
+def candidate_files(packages: list[str], max_bytes: int = MAX_COPY_BYTES):
     """Yield ``(source, relative destination)`` of every eligible text file, package by package."""
     for package in packages:
         base = SITE_PACKAGES / package
@@ -115,7 +118,7 @@ def candidate_files(packages: list[str]):
                     size = src.stat().st_size
                 except OSError:
                     continue
-                if size > MAX_COPY_BYTES:
+                if size > max_bytes:
                     continue
                 yield src, Path(package) / src.relative_to(base)
 
@@ -125,11 +128,12 @@ def git(root: Path, *args: str, capture: bool = True) -> str:
     return out.stdout if capture else ""
 
 
-def build_tree(dest: Path, n_files: int, packages: list[str]) -> list[str]:
-    """Copy ``n_files`` real text files into ``dest``, ``git init`` and commit; return their paths."""
+def build_tree(dest: Path, n_files: int, packages: list[str], max_bytes: int = MAX_COPY_BYTES) -> list[str]:
+    """Copy ``n_files`` real text files (each at most ``max_bytes``) into ``dest``, ``git init``
+    and commit; return their paths."""
     dest.mkdir(parents=True)
     paths: list[str] = []
-    for src, rel in candidate_files(packages):
+    for src, rel in candidate_files(packages, max_bytes):
         if len(paths) >= n_files:
             break
         target = dest / rel
@@ -356,7 +360,7 @@ class Phases:
         self._wrap(tsync, "plan_sync", "plan_sync", plan_flag=True)
         self._wrap(tembed, "index_batch", "index_batch")
         self._wrap(tsync, "commit_sync", "commit_sync")
-        for name in ("head_commit", "git_changes", "is_ancestor_known"):
+        for name in ("head_commit", "git_changes", "commit_exists"):
             self._wrap(isync, name, "git")
         self._wrap(isync, "read_file", where)
         self._wrap(isync, "decode", where)
@@ -470,12 +474,13 @@ class Report:
 def bench_model(report: Report, work: Path, n_files: int) -> None:
     from indexing.chunking import chunk_text
     from indexing.ids import sha256_hex
+    from indexing.languages import language_of
     from indexing.scanner import decode, read_file
     from workers import resources
 
     tree = work / "tree-a"
-    log(f"A: building a {n_files}-file tree")
-    build_tree(tree, n_files, SMALL_TREE_PACKAGES)
+    log(f"A: building a {n_files}-file tree (files up to {MODEL_TREE_MAX_BYTES // 1024} KiB)")
+    build_tree(tree, n_files, SMALL_TREE_PACKAGES, MODEL_TREE_MAX_BYTES)
     settings = configure(work / "home-a", "minilm")
     embedder = resources.embedder(settings)
     log("A: loading and warming up all-MiniLM-L6-v2 (not timed)")
@@ -500,7 +505,7 @@ def bench_model(report: Report, work: Path, n_files: int) -> None:
         if entry["action"] not in ("ADD", "UPDATE"):
             continue
         text = decode(read_file(tree, entry["path"], settings.max_file_size)).text
-        for chunk in chunk_text(text, embedder.max_tokens, embedder.count_tokens):
+        for chunk in chunk_text(text, embedder.max_tokens, embedder.count_tokens, language_of(entry["path"])):
             total_chunks += 1
             texts.setdefault(sha256_hex(chunk.text.encode("utf-8", "surrogatepass")), chunk.text)
     unique = list(texts.values())
@@ -644,6 +649,7 @@ def bench_hashing(report: Report, work: Path, n_files: int, n_edits: int, repeat
 def bench_reuse(report: Report, work: Path, n_files: int, n_edits: int) -> None:
     from indexing.chunking import chunk_text
     from indexing.ids import sha256_hex
+    from indexing.languages import language_of
     from workers import resources
 
     tree = work / "tree-c"
@@ -668,15 +674,15 @@ def bench_reuse(report: Report, work: Path, n_files: int, n_edits: int) -> None:
                "{:.0f}")
 
     # Per-file view: how many chunk texts of each edited file are new (not in its old version).
-    def hashes(text: str) -> list[str]:
+    def hashes(text: str, rel: str) -> list[str]:
         return [sha256_hex(c.text.encode("utf-8", "surrogatepass"))
-                for c in chunk_text(text, embedder.max_tokens, embedder.count_tokens)]
+                for c in chunk_text(text, embedder.max_tokens, embedder.count_tokens, language_of(rel))]
 
     new_per_file, chunks_per_file = [], []
     worst: list[tuple[int, str, str]] = []
     for rel, (old, name) in edited.items():
-        now = hashes((tree / rel).read_text(encoding="utf-8"))
-        fresh = len(set(now) - set(hashes(old)))
+        now = hashes((tree / rel).read_text(encoding="utf-8"), rel)
+        fresh = len(set(now) - set(hashes(old, rel)))
         new_per_file.append(fresh)
         chunks_per_file.append(len(now))
         worst.append((fresh, rel, name))

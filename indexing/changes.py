@@ -209,7 +209,7 @@ def head_commit(root: Path) -> str | None:
         return None
 
 
-def is_ancestor_known(root: Path, sha: str) -> bool:
+def commit_exists(root: Path, sha: str) -> bool:
     """True when commit ``sha`` exists in the repository at ``root``."""
     import git
 

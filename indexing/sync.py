@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexing.changes import Change, ChangeKind, git_changes, head_commit, is_ancestor_known
+from indexing.changes import Change, ChangeKind, git_changes, head_commit, commit_exists
 from indexing.chunking import chunk_text
 from indexing.embed_cache import EmbeddingCache
 from indexing.embedders import Embedder
@@ -101,7 +101,7 @@ def _changes_for(request: SyncRequest, root: Path, state: StateStore, file_filte
         last = repo.last_commit if repo else None
         if not commit:
             raise RepositoryError(f"{root} has no git history; --detect-changes needs a git repository with a commit")
-        if last and is_ancestor_known(root, last):
+        if last and commit_exists(root, last):
             return git_changes(root, last, commit), commit, True, ""
         note = ("no indexed commit yet: scanning the whole repository" if not last
                 else f"last indexed commit {last[:12]} is gone from history: scanning the whole repository")
@@ -256,7 +256,7 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
                           commit=job.commit)
     now = utcnow()
     for planned in job.files:
-        entry = planned.model_copy()
+        entry = planned  # job.files were parsed for this commit alone: updated in place
         if planned.action in (Action.ADD, Action.UPDATE):
             result = by_path.get(planned.path)
             if result is None or not result.ok:

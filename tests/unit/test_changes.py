@@ -18,7 +18,7 @@ from indexing.changes import (
     ChangeList,
     git_changes,
     head_commit,
-    is_ancestor_known,
+    commit_exists,
     parse_json_changes,
     parse_lines,
     parse_nul,
@@ -431,12 +431,12 @@ def test_head_commit(git_repo, tmp_path: Path):
     assert head_commit(empty) is None
 
 
-def test_is_ancestor_known(git_repo, tmp_path: Path):
+def test_commit_exists(git_repo, tmp_path: Path):
     root, first, second = git_repo
-    assert is_ancestor_known(root, first)
-    assert is_ancestor_known(root, second)
-    assert not is_ancestor_known(root, "0123456789abcdef0123456789abcdef01234567")
-    assert not is_ancestor_known(tmp_path / "missing", first)
+    assert commit_exists(root, first)
+    assert commit_exists(root, second)
+    assert not commit_exists(root, "0123456789abcdef0123456789abcdef01234567")
+    assert not commit_exists(tmp_path / "missing", first)
 
 
 def test_git_changes_unusual_names(tmp_path: Path):
