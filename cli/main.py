@@ -44,6 +44,12 @@ def _git_toplevel(start: Path) -> Path | None:
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
 
 
+def _print_json(document: object) -> None:
+    """Write one JSON document (indented) and a newline to standard output."""
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
 def _setup(root: Path | None, collection: str | None, verbose: bool = False):
     """Resolve the repository root, configure settings (home, collection) and the Celery app."""
     from config import settings as settings_mod
@@ -207,8 +213,7 @@ def sync(
             render_summary(summary, sys.stdout, verbose, wall)
     if fmt == "json":
         docs = [s.model_dump(mode="json") for s in summaries]
-        json.dump(docs[0] if len(docs) == 1 else {"repositories": docs}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(docs[0] if len(docs) == 1 else {"repositories": docs})
     if any(s.errors for s in summaries):
         raise typer.Exit(1)
 
@@ -237,9 +242,7 @@ def search(
     embedder = embedder_for_model(meta.embedding_model, settings.model_batch_size)
     hits = resources.vector_store(settings, settings.collection).search(embedder.embed([query])[0], k, repo)
     if json_out:
-        json.dump([{name: getattr(h, name) for name in h.__slots__} for h in hits], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
+        return _print_json([{name: getattr(h, name) for name in h.__slots__} for h in hits])
     for rank, hit in enumerate(hits, 1):
         sys.stdout.write(f"{rank:>2}. {hit.path}:{hit.start_line}-{hit.end_line}  score={hit.score:.3f}  repo={hit.repo}\n")
         for line in hit.content.splitlines()[:3]:
@@ -262,9 +265,7 @@ def status(json_out: JsonOut = False, root: RootOpt = None, collection: Collecti
         "repositories": repos,
     }
     if json_out:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
+        return _print_json(doc)
     from rich.console import Console
     from rich.table import Table
 
@@ -305,9 +306,7 @@ def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: J
     _, settings = _setup(root, None)
     records = resources.state_store(settings, readonly=True).list_runs(limit)
     if json_out:
-        json.dump([asdict(r) for r in records], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
+        return _print_json([asdict(r) for r in records])
     for r in records:
         sys.stdout.write(f"{r.id}  {r.repo_id}  {r.status:<9}  +{r.added} ~{r.updated} -{r.deleted} "
                          f"={r.unchanged} skip {r.skipped} err {r.errors}  {r.started_at}\n")
@@ -322,9 +321,7 @@ def failures(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_ou
     _, settings = _setup(root, None)
     records = resources.state_store(settings, readonly=True).failures(limit)
     if json_out:
-        json.dump(records, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
+        return _print_json(records)
     for r in records:
         sys.stdout.write(f"{r['id']}  {r['created_at']}  {r['task']}  run={r['run_id']}  {r['error']}\n")
 

@@ -49,8 +49,9 @@ class PlannedFile(BaseModel):
     reason: str = ""
 
 
-class BatchJob(BaseModel):
-    """One chord header task: files to read, chunk, embed and upsert."""
+class RunContext(BaseModel):
+    """What every task of one sync run carries: the run, the repository, where its writes go,
+    the fencing token they carry and the commit they index."""
 
     run_id: str
     repo_id: str
@@ -58,6 +59,11 @@ class BatchJob(BaseModel):
     collection: str
     fence: int
     commit: str
+
+
+class BatchJob(RunContext):
+    """One chord header task: files to read, chunk, embed and upsert."""
+
     files: list[PlannedFile]
 
 
@@ -77,15 +83,9 @@ class FileResult(BaseModel):
     reused: int = 0
 
 
-class CommitJob(BaseModel):
+class CommitJob(RunContext):
     """The chord body's context: the plan minus what the header tasks report."""
 
-    run_id: str
-    repo_id: str
-    root: str
-    collection: str
-    fence: int
-    commit: str
     advance_commit: bool
     trigger: str
     started_at: str

@@ -8,7 +8,7 @@ from pathlib import Path
 from celery import chord
 
 from config.settings import Settings, get_settings
-from indexing.messages import BatchJob, CommitJob, FileResult, SyncRequest
+from indexing.messages import BatchJob, CommitJob, FileResult, RunContext, SyncRequest
 from indexing.state import RunRecord, utcnow
 from indexing.sync import PlanLimits, check_model, commit_sync, plan_sync, record_model, run_record, summarize_plan
 from tasks.embed import batch
@@ -45,17 +45,14 @@ def plan(self, request: dict) -> dict:
     batches = result.batches(settings.batch_files, settings.batch_bytes)
     state.start_run(RunRecord(id=req.run_id, repo_id=req.repo_id, trigger=req.trigger, started_at=started,
                               files_total=sum(len(b) for b in batches), message=result.note))
-    job = CommitJob(run_id=req.run_id, repo_id=req.repo_id, root=req.root, collection=req.collection, fence=fence,
-                    commit=result.commit, advance_commit=result.advance_commit, trigger=req.trigger,
+    context = RunContext(run_id=req.run_id, repo_id=req.repo_id, root=req.root, collection=req.collection,
+                         fence=fence, commit=result.commit)
+    job = CommitJob(**context.model_dump(), advance_commit=result.advance_commit, trigger=req.trigger,
                     started_at=started, files=result.files)
     if not batches:
         return _commit(job, [])
     record_model(state, req.collection, embedder)
-    header = [
-        batch.s(BatchJob(run_id=req.run_id, repo_id=req.repo_id, root=req.root, collection=req.collection,
-                         fence=fence, commit=result.commit, files=files).model_dump(mode="json"))
-        for files in batches
-    ]
+    header = [batch.s(BatchJob(**context.model_dump(), files=files).model_dump(mode="json")) for files in batches]
     body = commit.s(job.model_dump(mode="json")).on_error(fail.s(run_id=req.run_id))
     return self.replace(chord(header, body))
 
