@@ -180,18 +180,23 @@ def parse_json_changes(text: str) -> ChangeList:
         raise ChangeListError(f"change list does not match the sync spec's format at {where}: {first['msg']}") from None
 
 
+GIT_TIMEOUT_SECONDS = 120
+
+
 def git_changes(root: Path, since: str, until: str = "HEAD") -> list[Change]:
     """Return the changes between commits ``since`` and ``until`` of the repository at ``root``.
 
     Uses GitPython to run ``git diff --name-status -z -M since until`` (renames as delete +
-    add). Raises :class:`RepositoryError` when ``root`` is not a git repository or a commit
-    is unknown (history rewritten since the last sync).
+    add), killed after :data:`GIT_TIMEOUT_SECONDS`. Raises :class:`RepositoryError` when
+    ``root`` is not a git repository, a commit is unknown (history rewritten since the last
+    sync) or git does not answer in time.
     """
     import git  # GitPython; imported here so the parsers stay light
 
     try:
         repo = git.Repo(root)
-        out = repo.git.diff("--name-status", "-z", "-M", "--no-color", since, until)
+        out = repo.git.diff("--name-status", "-z", "-M", "--no-color", since, until,
+                            kill_after_timeout=GIT_TIMEOUT_SECONDS)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise RepositoryError(f"{root} is not a git repository; --detect-changes needs one") from None
     except git.GitCommandError as exc:
