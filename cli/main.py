@@ -25,6 +25,9 @@ from indexing.errors import CodeindexError, UsageError
 app = typer.Typer(
     help="Keep a semantic (vector) index of git repositories in step with their code.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    epilog="Exit codes: 0 all went in; 1 some files failed (reported); 2 usage error or malformed "
+           "input; 3 refused to protect the index (mass delete without --force, another model); "
+           "4 a dependency failed. Settings: CODEINDEX_* environment variables (see README).",
 )
 
 RootOpt = Annotated[Optional[Path], typer.Option(
@@ -42,6 +45,20 @@ def _git_toplevel(start: Path) -> Path | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"codeindex {version('codeindex')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Keep a semantic (vector) index of git repositories in step with their code."""
 
 
 def _print_json(document: object) -> None:

@@ -170,3 +170,22 @@ def test_help_explains_the_options(repo: Path) -> None:
     for option in ("--stdin", "--json", "--changes", "--detect-changes", "--all", "--delete-missing", "--dry-run",
                    "--force", "-0"):
         assert option in text
+
+
+def test_progress_bar_on_a_terminal_only(repo: Path, tmp_path: Path) -> None:
+    """With standard output on a terminal (util-linux ``script`` gives it a pty) a progress
+    bar is drawn on standard error; piped, the output is the plain text alone."""
+    typescript = tmp_path / "typescript"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CODEINDEX_")}
+    environment.update({"CODEINDEX_EMBEDDER": "hashing", "CODEINDEX_BATCH_FILES": "8"})
+    subprocess.run(["script", "-qec", f"{CODEINDEX[0]} sync --all", str(typescript)], cwd=repo,
+                   env=environment, capture_output=True, timeout=300, check=True)
+    screen = typescript.read_bytes().decode(errors="replace")
+    assert "indexing repo" in screen and "31/31" in screen and "Summary:" in screen
+    piped = run(repo, "sync", "--all")
+    assert "indexing repo" not in out(piped) + piped.stderr.decode()
+
+
+def test_version(repo: Path) -> None:
+    proc = run(repo, "--version")
+    assert proc.returncode == 0 and out(proc).startswith("codeindex ")
