@@ -137,6 +137,18 @@ class LanceDBStore:
             return {}
         return dict(zip(data.column("id").to_pylist(), data.column("content_sha256").to_pylist()))
 
+    def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        unique = list(dict.fromkeys(paths))
+        for start in range(0, len(unique), _SQL_BATCH):
+            part = ",".join(_quote(p) for p in unique[start : start + _SQL_BATCH])
+            data = self._scan(["path", "chunk_index"], f"repo = {_quote(repo)} AND path IN ({part})")
+            if data is None:
+                return {}
+            for path, index in zip(data.column("path").to_pylist(), data.column("chunk_index").to_pylist()):
+                found.setdefault(path, []).append(index)
+        return found
+
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
         table = self._open()
         if table is None:

@@ -74,6 +74,14 @@ class VectorStore(Protocol):
         """Return ``{id: content_sha256}`` of every object of ``repo``."""
         ...
 
+    def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
+        """Return ``{path: [chunk_index, ...]}`` of the objects stored for those of ``paths`` in ``repo``.
+
+        What is stored, not what the state believes: a sync that failed after some upserts
+        can leave chunks the state does not count, and the commit deletes those too.
+        """
+        ...
+
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
         """Return the ``k`` objects nearest to ``vector`` (cosine), optionally within ``repo``."""
         ...

@@ -242,43 +242,47 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
 def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, store: VectorStore) -> SyncSummary:
     """Finish a sync: delete shrunk files' tails and deleted files, record state and the run.
 
-    ``results`` are the header tasks' file results (any order). A file whose indexing
-    failed keeps its old state, so the next sync redoes exactly that file. The last indexed
-    commit advances only when the source allows it and no file failed.
+    ``results`` are the header tasks' file results (any order). The chunks to delete are
+    found in the store, not in the state, so that chunks left by an earlier sync that failed
+    after its upserts go too. A file whose indexing failed keeps its old state and its
+    objects, so the next sync redoes exactly that file. The last indexed commit advances only
+    when the source allows it and no file failed.
     Raises :class:`StaleFenceError` when a newer sync of the repository committed first.
     """
     by_path = {r.path: r for r in results}
+    writes = (Action.ADD, Action.UPDATE, Action.DELETE)
+    stored = store.chunk_indexes(job.repo_id, [f.path for f in job.files if f.action in writes])
     stale_ids: list[str] = []
     upserts: list[FileState] = []
     deletes: list[str] = []
-    final: list[PlannedFile] = []
     summary = SyncSummary(run_id=job.run_id, repo_id=job.repo_id, collection=job.collection, status="succeeded",
                           commit=job.commit)
     now = utcnow()
-    for planned in job.files:
-        entry = planned  # job.files were parsed for this commit alone: updated in place
-        if planned.action in (Action.ADD, Action.UPDATE):
-            result = by_path.get(planned.path)
+    for entry in job.files:  # parsed for this commit alone: final actions are written in place
+        keep = None
+        if entry.action in (Action.ADD, Action.UPDATE):
+            result = by_path.get(entry.path)
             if result is None or not result.ok:
                 entry.action = Action.SKIP if result is not None and result.skipped else Action.ERROR
                 entry.reason = result.reason if result else "no result from the embedding task"
             else:
+                keep = result.chunk_count
                 entry.size, entry.sha256 = result.size, result.sha256
                 summary.chunks_embedded += result.embedded
                 summary.chunks_reused += result.reused
-                stale_ids += [object_id(job.collection, job.repo_id, planned.path, i)
-                              for i in range(result.chunk_count, planned.old_chunks)]
-                upserts.append(FileState(planned.path, result.sha256, result.size, result.chunk_count,
+                upserts.append(FileState(entry.path, result.sha256, result.size, result.chunk_count,
                                          result.encoding, result.language, job.fence, now))
-        elif planned.action is Action.DELETE:
-            stale_ids += [object_id(job.collection, job.repo_id, planned.path, i) for i in range(planned.old_chunks)]
-            deletes.append(planned.path)
+        elif entry.action is Action.DELETE:
+            keep = 0
+            deletes.append(entry.path)
+        if keep is not None:
+            stale_ids += [object_id(job.collection, job.repo_id, entry.path, i)
+                          for i in stored.get(entry.path, ()) if i >= keep]
         _count(summary, entry)
-        final.append(entry)
     store.delete(stale_ids, job.fence)
     advance = job.commit if job.advance_commit and summary.errors == 0 else None
     state.commit_files(job.repo_id, job.fence, upserts, deletes, advance)
-    summary.files = final
+    summary.files = job.files
     summary.status = "partial" if summary.errors else "succeeded"
     return summary
 

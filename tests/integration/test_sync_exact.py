@@ -209,3 +209,29 @@ def test_failed_batch_leaves_state_unadvanced_and_next_sync_completes(real_repo:
     summary = sync(real_repo, "detect")
     assert summary["errors"] == 0 and summary["added"] == len(python_files(real_repo)) + 1
     assert_exact(real_repo, tmp_path)
+
+
+def test_chunks_left_by_a_failed_sync_are_deleted(real_repo: Path, index_home: Path, tmp_path: Path) -> None:
+    """A sync that failed after upserting a longer version of a file leaves chunks the state
+    does not count; the next sync of that file finds them in the store and deletes them."""
+    import numpy as np
+
+    from config.settings import get_settings
+    from indexing.ids import object_id
+    from indexing.store import VectorObject
+    from workers import resources
+
+    sync(real_repo, "all")
+    target = python_files(real_repo)[2]
+    settings = get_settings()
+    leftover = VectorObject(
+        id=object_id(settings.collection, "repo", target, 500), repo="repo", path=target, chunk_index=500,
+        start_line=1, end_line=1, content="left by a failed sync", language="python", content_sha256="0" * 64,
+        commit="", indexed_at="", embedding_model="feature-hashing-v1-384", fence=1,
+        vector=np.ones(384, dtype=np.float32) / np.sqrt(384))
+    resources.vector_store(settings, settings.collection).upsert([leftover])
+    edit_function(real_repo / target, "after-failure")
+    git(real_repo, "commit", "-qam", "edit after a failed sync")
+    summary = sync(real_repo, "detect")
+    assert summary["updated"] == 1
+    assert_exact(real_repo, tmp_path)
