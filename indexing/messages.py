@@ -84,9 +84,14 @@ class FileResult(BaseModel):
 
 
 class CommitJob(RunContext):
-    """The chord body's context: the plan minus what the header tasks report."""
+    """The chord body's context: the plan minus what the header tasks report.
+
+    ``verify_store``: an earlier sync of the repository did not commit, so the store may hold
+    chunks the state does not count; the commit then asks the store which chunks exist.
+    """
 
     advance_commit: bool
+    verify_store: bool = False
     trigger: str
     started_at: str
     files: list[PlannedFile]

@@ -37,13 +37,16 @@ class CollectionMeta:
 
 @dataclass(frozen=True, slots=True)
 class RepoRecord:
-    """A repository in the index: ``fence`` is the last fencing token granted for it."""
+    """A repository in the index: ``fence`` is the last fencing token granted for it,
+    ``committed_fence`` the token of the last sync that committed. A granted token above the
+    committed one belongs to a sync that is running or that failed, maybe after upserts."""
 
     repo_id: str
     root: str
     collection: str
     last_commit: str | None
     fence: int
+    committed_fence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +246,8 @@ class SQLiteStateStore:
                          [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()])
 
     def get_repo(self, repo_id: str) -> RepoRecord | None:
-        rows = self._query("SELECT repo_id, root, collection, last_commit, fence FROM repos WHERE repo_id = ?", [repo_id])
+        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence FROM repos "
+                           "WHERE repo_id = ?", [repo_id])
         return RepoRecord(**dict(rows[0])) if rows else None
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:

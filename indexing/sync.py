@@ -242,16 +242,21 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
 def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, store: VectorStore) -> SyncSummary:
     """Finish a sync: delete shrunk files' tails and deleted files, record state and the run.
 
-    ``results`` are the header tasks' file results (any order). The chunks to delete are
-    found in the store, not in the state, so that chunks left by an earlier sync that failed
-    after its upserts go too. A file whose indexing failed keeps its old state and its
-    objects, so the next sync redoes exactly that file. The last indexed commit advances only
+    ``results`` are the header tasks' file results (any order). The chunks to delete are the
+    state's chunk counts beyond each file's new count; when ``job.verify_store`` (an earlier
+    sync failed, maybe after upserts) they are asked of the store instead, so that chunks
+    that sync left go too. A file whose indexing failed keeps its old state and its objects,
+    so the next sync redoes exactly that file. The last indexed commit advances only
     when the source allows it and no file failed.
     Raises :class:`StaleFenceError` when a newer sync of the repository committed first.
     """
     by_path = {r.path: r for r in results}
     writes = (Action.ADD, Action.UPDATE, Action.DELETE)
-    stored = store.chunk_indexes(job.repo_id, [f.path for f in job.files if f.action in writes])
+    touched = [f for f in job.files if f.action in writes]
+    if job.verify_store:
+        stored = store.chunk_indexes(job.repo_id, [f.path for f in touched])
+    else:
+        stored = {f.path: range(f.old_chunks) for f in touched}
     stale_ids: list[str] = []
     upserts: list[FileState] = []
     deletes: list[str] = []

@@ -40,6 +40,7 @@ def plan(self, request: dict) -> dict:
     state = resources.state_store(settings)
     with repo_lock(resources.index_home(settings), req.repo_id, settings.lock_timeout):
         check_model(state, req.collection, embedder)
+        previous = state.get_repo(req.repo_id)
         fence = state.grant_fence(req.repo_id, req.root, req.collection)
         result = plan_sync(req, state, resources.file_filter(settings, root), _limits(settings))
     batches = result.batches(settings.batch_files, settings.batch_bytes)
@@ -48,7 +49,8 @@ def plan(self, request: dict) -> dict:
     context = RunContext(run_id=req.run_id, repo_id=req.repo_id, root=req.root, collection=req.collection,
                          fence=fence, commit=result.commit)
     job = CommitJob(**context.model_dump(), advance_commit=result.advance_commit, trigger=req.trigger,
-                    started_at=started, files=result.files)
+                    started_at=started, files=result.files,
+                    verify_store=previous is not None and previous.fence > previous.committed_fence)
     if not batches:
         return _commit(job, [])
     record_model(state, req.collection, embedder)

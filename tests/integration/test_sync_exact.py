@@ -224,10 +224,12 @@ def test_chunks_left_by_a_failed_sync_are_deleted(real_repo: Path, index_home: P
     sync(real_repo, "all")
     target = python_files(real_repo)[2]
     settings = get_settings()
+    # The failed sync: granted a fencing token, upserted a longer version of the file, never committed.
+    failed_fence = resources.state_store(settings).grant_fence("repo", str(real_repo), settings.collection)
     leftover = VectorObject(
         id=object_id(settings.collection, "repo", target, 500), repo="repo", path=target, chunk_index=500,
         start_line=1, end_line=1, content="left by a failed sync", language="python", content_sha256="0" * 64,
-        commit="", indexed_at="", embedding_model="feature-hashing-v1-384", fence=1,
+        commit="", indexed_at="", embedding_model="feature-hashing-v1-384", fence=failed_fence,
         vector=np.ones(384, dtype=np.float32) / np.sqrt(384))
     resources.vector_store(settings, settings.collection).upsert([leftover])
     edit_function(real_repo / target, "after-failure")
