@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="Directory of the embedded index (state, vectors, cache). "
         "Default: .codeindex/ at the repository root.",
     )
+    store_uri: str | None = Field(
+        default=None,
+        description="Where the LanceDB vector store lives: a directory or a URI LanceDB accepts. "
+        "Default: <home>/lancedb.",
+    )
     collection: str = Field(default="codeindex", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
     embedder: EmbedderKind = Field(
         default="minilm",

@@ -44,11 +44,12 @@ def state_store(settings: Settings, readonly: bool = False) -> StateStore:
 
 
 def vector_store(settings: Settings, collection: str) -> VectorStore:
-    """The vector store: LanceDB under ``<home>/lancedb``, one table per collection."""
+    """The vector store: LanceDB at ``CODEINDEX_STORE_URI`` (default ``<home>/lancedb``), one
+    table per collection."""
     from indexing.lance_store import LanceDBStore
 
-    uri = index_home(settings) / "lancedb"
-    return _once(("lancedb", str(uri), collection), lambda: LanceDBStore(uri, collection))
+    uri = settings.store_uri or str(index_home(settings) / "lancedb")
+    return _once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:

@@ -189,3 +189,12 @@ def test_progress_bar_on_a_terminal_only(repo: Path, tmp_path: Path) -> None:
 def test_version(repo: Path) -> None:
     proc = run(repo, "--version")
     assert proc.returncode == 0 and out(proc).startswith("codeindex ")
+
+
+def test_store_uri_setting_places_the_vectors(repo: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "vectors"
+    proc = run(repo, "sync", "--all", env={"CODEINDEX_STORE_URI": str(elsewhere)})
+    assert proc.returncode == 0
+    assert any(elsewhere.rglob("*.lance")) and not (repo / ".codeindex" / "lancedb").exists()
+    exported = out(run(repo, "export", env={"CODEINDEX_STORE_URI": str(elsewhere)})).splitlines()
+    assert len(exported) > 31
