@@ -3,10 +3,11 @@
 A file is cut into blocks at lines that start a new unit at the file's outer indentation
 and follow a blank line (top-level definitions, paragraphs). Blocks are packed into chunks
 up to the model's token limit, but a block that starts with a *definition* (``def``,
-``class``, ``function``, ``fn``, a heading...) always opens a new chunk: packing restarts there, so an edit can move
-chunk boundaries only up to the next definition, and unchanged code keeps unchanged chunks
-(and its cached embeddings). A block too large for one chunk is split the same way one
-indentation level deeper, then at blank lines, then by lines.
+``class``, ``function``, ``fn``, a decorator; a ``#`` heading in Markdown) always opens a new
+chunk: packing restarts there, so an edit can move chunk boundaries only up to the next
+definition, and unchanged code keeps unchanged chunks (and its cached embeddings). A block
+too large for one chunk is split the same way one indentation level deeper, then at blank
+lines, then by lines.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "c
 _SQL_BATCH = 1000
 
 
+def _in_lists(values: Sequence[str]) -> Iterator[str]:
+    """The values as SQL list bodies (``'a','b'``) of at most ``_SQL_BATCH`` items, for ``IN (...)``."""
+    for start in range(0, len(values), _SQL_BATCH):
+        yield ",".join(_quote(v) for v in values[start : start + _SQL_BATCH])
+
+
 def _quote(value: str) -> str:
     """A SQL string literal for a Lance filter (single quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
@@ -107,8 +113,7 @@ class LanceDBStore:
             return
         table = self._require()
         try:
-            for start in range(0, len(ids), _SQL_BATCH):
-                part = ",".join(_quote(i) for i in ids[start : start + _SQL_BATCH])
+            for part in _in_lists(ids):
                 table.delete(f"id IN ({part}) AND fence <= {int(fence)}")
         except Exception as exc:
             raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
@@ -139,9 +144,7 @@ class LanceDBStore:
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
-        unique = list(dict.fromkeys(paths))
-        for start in range(0, len(unique), _SQL_BATCH):
-            part = ",".join(_quote(p) for p in unique[start : start + _SQL_BATCH])
+        for part in _in_lists(list(dict.fromkeys(paths))):
             data = self._scan(["path", "chunk_index"], f"repo = {_quote(repo)} AND path IN ({part})")
             if data is None:
                 return {}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexing.changes import Change, ChangeKind, git_changes, head_commit, commit_exists
+from indexing.changes import Change, ChangeKind, commit_exists, git_changes, head_commit
 from indexing.chunking import chunk_text
 from indexing.embed_cache import EmbeddingCache
 from indexing.embedders import Embedder
