@@ -67,8 +67,13 @@ def _print_json(document: object) -> None:
     sys.stdout.write("\n")
 
 
-def _setup(root: Path | None, collection: str | None, verbose: bool = False):
-    """Resolve the repository root, configure settings (home, collection) and the Celery app."""
+def _setup(root: Path | None, collection: str | None, verbose: bool = False, repo: str | None = None):
+    """Resolve the repository root, configure settings (home, collection) and the Celery app.
+
+    Embedded mode: the index home is ``<root>/.codeindex`` unless CODEINDEX_HOME says otherwise.
+    Fleet mode (a Redis broker): the home is the fleet's (CODEINDEX_HOME), and a repository
+    named with ``--repo`` that the fleet knows is found at its registered root.
+    """
     from config import settings as settings_mod
     from workers import resources
     from workers.app import apply_settings
@@ -76,19 +81,26 @@ def _setup(root: Path | None, collection: str | None, verbose: bool = False):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("celery").setLevel(logging.WARNING)
-    repo_root = root or _git_toplevel(Path.cwd()) or Path.cwd()
+    try:
+        base = settings_mod.Settings()
+    except Exception as exc:  # pydantic ValidationError: a bad CODEINDEX_* value
+        raise UsageError(f"invalid setting: {exc}") from None
+    registered = None
+    if not base.eager and root is None and repo and base.state_url:
+        record = resources.state_store(base, readonly=True).get_repo(repo)
+        registered = Path(record.root) if record else None
+    repo_root = root or registered or _git_toplevel(Path.cwd()) or Path.cwd()
     if not repo_root.is_dir():
         raise UsageError(f"repository root {repo_root} is not a directory")
-    base = settings_mod.Settings()
-    overrides = {"home": base.home_for(repo_root)}
+    overrides: dict = {} if (not base.eager and base.home) else {"home": base.home_for(repo_root)}
     if collection:
         overrides["collection"] = collection
     try:
         settings = settings_mod.configure(**overrides)
-    except Exception as exc:  # pydantic ValidationError: a bad CODEINDEX_* value or option
+        apply_settings(settings)
+    except Exception as exc:  # pydantic ValidationError, or limits that contradict each other
         raise UsageError(f"invalid setting: {exc}") from None
     resources.reset()
-    apply_settings(settings)
     return repo_root.resolve(), settings
 
 
@@ -180,6 +192,20 @@ def _dispatch(request, show_progress: bool) -> dict:
     return box["result"]
 
 
+def _enqueue(requests, fmt: str) -> None:
+    """Send the plan tasks without waiting; print each run id (``--no-wait``)."""
+    from tasks.sync import plan
+
+    sent = []
+    for request in requests:
+        result = plan.apply_async(args=[request.model_dump(mode="json")])
+        sent.append({"run_id": request.run_id, "task_id": result.id, "repo_id": request.repo_id})
+    if fmt == "json":
+        return _print_json(sent[0] if len(sent) == 1 else {"runs": sent})
+    for entry in sent:
+        sys.stdout.write(f"{entry['run_id']}\n")
+
+
 @app.command()
 def sync(
     stdin: Annotated[bool, typer.Option("--stdin", help="Read paths (or git --name-status lines) from standard input; the default when input is piped.")] = False,
@@ -193,7 +219,8 @@ def sync(
     force: Annotated[bool, typer.Option("--force", help="Allow a sync that deletes more than the guard's share (20%) of a repository.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged files, and chunk reuse.")] = False,
     output: Annotated[Optional[str], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
-    repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name).")] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name). In a fleet, a registered repository is found at its registered root.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Enqueue and print the run id instead of waiting for the summary (a fleet).")] = False,
     root: RootOpt = None,
     collection: CollectionOpt = None,
 ) -> None:
@@ -210,10 +237,12 @@ def sync(
     fmt = output or ("json" if json_mode else "text")
     if fmt not in ("text", "json"):
         raise UsageError(f"--format must be text or json, not {fmt!r}")
-    repo_root, settings = _setup(root, collection, verbose)
+    repo_root, settings = _setup(root, collection, verbose, repo)
     requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
                          changes=changes, detect=detect_changes, scan_all=scan_all,
                          delete_missing=delete_missing, dry_run=dry_run, force=force)
+    if no_wait:
+        return _enqueue(requests, fmt)
     show_progress = fmt == "text" and sys.stdout.isatty()
     summaries = []
     if fmt == "text":
@@ -326,21 +355,8 @@ def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: J
         return _print_json([asdict(r) for r in records])
     for r in records:
         sys.stdout.write(f"{r.id}  {r.repo_id}  {r.status:<9}  +{r.added} ~{r.updated} -{r.deleted} "
-                         f"={r.unchanged} skip {r.skipped} err {r.errors}  {r.started_at}\n")
-
-
-@app.command()
-def failures(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
-             root: RootOpt = None) -> None:
-    """List the dead-letter records of tasks that exhausted their retries."""
-    from workers import resources
-
-    _, settings = _setup(root, None)
-    records = resources.state_store(settings, readonly=True).failures(limit)
-    if json_out:
-        return _print_json(records)
-    for r in records:
-        sys.stdout.write(f"{r['id']}  {r['created_at']}  {r['task']}  run={r['run_id']}  {r['error']}\n")
+                         f"={r.unchanged} skip {r.skipped} err {r.errors}  {r.started_at}"
+                         f"{'  shard ' + r.shard_id if r.shard_id else ''}\n")
 
 
 def main() -> None:
@@ -354,6 +370,10 @@ def main() -> None:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
 
+
+from cli import fleet  # noqa: E402  (registers worker, beat, repo, shards, failures, metrics)
+
+fleet.register(app, _setup, _print_json)
 
 if __name__ == "__main__":
     main()

@@ -26,13 +26,31 @@ def shard_queue(shard_id: str) -> str:
     return f"shard.{shard_id}"
 
 
+ROUTER = "workers.routing.route_task"  # by name: config/ imports nothing of ours
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     """Build the Celery configuration mapping for ``settings``.
 
-    Rules from the Celery docs ("Tasks: acks_late", "Optimizing: prefetch limits"):
-    idempotent tasks acknowledge late and are re-queued when a worker is lost; long tasks
-    prefetch one message at a time.
+    Rules from the Celery docs ("Tasks: acks_late", "Optimizing: prefetch limits", "Redis:
+    visibility timeout") and kombu's Redis transport; docs/operations.md explains each one:
+
+    - idempotent tasks acknowledge late and are re-queued when a worker is lost;
+    - long tasks prefetch one message at a time;
+    - the visibility timeout exceeds the hard time limit and every retry delay, so a message
+      is redelivered only when its worker is really gone;
+    - results (and a chord's counter) outlive the longest chord;
+    - a worker that loses its broker connection cancels its long-running tasks, which are
+      redelivered, instead of finishing work whose acknowledgement can no longer arrive.
+
+    Raises ValueError when the limits contradict each other.
     """
+    if settings.task_soft_time_limit >= settings.task_time_limit:
+        raise ValueError("task_soft_time_limit must be below task_time_limit")
+    if not settings.eager and settings.visibility_timeout <= max(settings.task_time_limit, settings.retry_backoff_max):
+        raise ValueError(
+            f"visibility_timeout ({settings.visibility_timeout}s) must exceed the hard time limit "
+            f"({settings.task_time_limit}s) and the longest retry delay ({settings.retry_backoff_max}s)")
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -47,9 +65,20 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_default_queue": Queue.DEFAULT.value,
-        "task_routes": {
-            "codeindex.embed.*": {"queue": Queue.EMBED.value},
-        },
+        "task_routes": (ROUTER,),
+        "task_create_missing_queues": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 10,
+        "redis_socket_timeout": 30,
+        "redis_socket_connect_timeout": 10,
+        "redis_backend_health_check_interval": 30,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "result_expires": settings.result_expires,
         "result_extended": True,
+        "task_track_started": True,
+        "worker_send_task_events": True,  # Flower
+        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
     }

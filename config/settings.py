@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderKind = Literal["minilm", "hashing"]
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     Sizes are in bytes, times in seconds.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CODEINDEX_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CODEINDEX_", extra="ignore", populate_by_name=True)
 
     home: Path | None = Field(
         default=None,
@@ -62,11 +62,57 @@ class Settings(BaseSettings):
         default=0.2, ge=0.0, le=1.0,
         description="A sync deleting more than this share of a repository's files needs --force.",
     )
-    broker_url: str = "memory://localhost/"
-    result_backend: str = "cache+memory://"
-    task_time_limit: int = Field(default=3600, ge=10)
-    task_soft_time_limit: int = Field(default=3300, ge=5)
+    broker_url: str = Field(
+        default="memory://localhost/",
+        description="Celery broker. memory:// runs every task in-process (the embedded mode); "
+        "redis://host:6379/0 makes a fleet.",
+    )
+    result_backend: str = Field(default="cache+memory://", description="Celery result backend (redis:// in a fleet).")
+    state_url: str | None = Field(
+        default=None,
+        description="postgresql://... keeps state, shard registry and assignments in PostgreSQL; "
+        "default: SQLite state.sqlite in the index home.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for repository locks and circuit-breaker state; default: the broker when it "
+        "is Redis, else local file locks and in-process breakers.",
+    )
+    task_time_limit: int = Field(default=3600, ge=10, description="Hard time limit of a task (seconds).")
+    task_soft_time_limit: int = Field(default=3300, ge=5, description="Soft time limit (SoftTimeLimitExceeded).")
+    visibility_timeout: int = Field(
+        default=7200, ge=10,
+        description="Redis broker: an unacknowledged message is redelivered after this many seconds. "
+        "Must exceed the hard time limit and every retry delay.",
+    )
+    result_expires: int = Field(default=86_400, ge=60, description="Seconds task results (and chord state) are kept.")
     lock_timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for a repository lock.")
+    lock_ttl: float = Field(default=60.0, ge=1, description="Redis lock lifetime; renewed every third of it while held.")
+    retry_backoff_max: int = Field(default=300, ge=1, description="Longest retry delay (seconds).")
+    max_retries: int = Field(default=5, ge=0, description="Retries of a failing task before its failure record.")
+    breaker_fail_max: int = Field(default=5, ge=1, description="Consecutive failures that open a circuit breaker.")
+    breaker_reset_timeout: float = Field(default=30.0, gt=0, description="Seconds a breaker stays open.")
+
+    # The fleet: this worker's shard, and beat's maintenance (seed 002: heartbeat 10 s, offline
+    # after 30 s, StatefulSet terminationGracePeriodSeconds 300).
+    shard_id: str = Field(
+        default="local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        validation_alias=AliasChoices("CODEINDEX_SHARD_ID", "SHARD_ID", "POD_NAME", "shard_id"),
+        description="The shard this worker owns (also SHARD_ID or POD_NAME, as a StatefulSet sets it).",
+    )
+    shard_address: str = Field(
+        default="", validation_alias=AliasChoices("CODEINDEX_SHARD_ADDRESS", "POD_IP", "shard_address"),
+        description="The worker's address, shown by `codeindex shards` (also POD_IP).",
+    )
+    shard_capacity: int = Field(default=100, ge=1, description="Repositories this shard may own.")
+    heartbeat_interval: float = Field(default=10.0, gt=0, description="Seconds between a worker's heartbeats.")
+    offline_after: float = Field(default=30.0, gt=0, description="A shard silent this long is marked offline.")
+    heartbeat_check_interval: float = Field(default=10.0, gt=0, description="Beat: how often shards are checked.")
+    grace_period: float = Field(default=300.0, gt=0, description="SIGTERM: seconds to drain before a hard exit.")
+    rebalance_interval: float = Field(default=60.0, gt=0, description="Beat: seconds between rebalancing passes.")
+    rebalance_max_moves: int = Field(default=10, ge=1, description="Repositories one rebalancing pass may move.")
+    run_retention_days: float = Field(default=30.0, gt=0, description="Finished sync runs older than this are deleted.")
+    route_cache_seconds: float = Field(default=5.0, ge=0, description="How long a publisher caches a repository's owner.")
 
     _split_include = field_validator("include", "exclude", mode="before")(_split_globs)
 
@@ -74,6 +120,15 @@ class Settings(BaseSettings):
     def eager(self) -> bool:
         """True when tasks run in-process (the embedded default, broker ``memory://``)."""
         return self.broker_url.startswith("memory://")
+
+    @property
+    def lock_redis_url(self) -> str | None:
+        """The Redis that holds locks and breaker state: ``redis_url``, else a Redis broker, else None."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
     def home_for(self, repo_root: Path) -> Path:
         """The index directory: ``home`` when set, else ``<repo_root>/.codeindex``."""

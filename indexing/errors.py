@@ -27,6 +27,10 @@ class RepositoryError(UsageError):
     """The repository root is missing, not a directory, or not a git repository when one is needed."""
 
 
+class UnknownShardError(UsageError):
+    """No shard with that id is registered; the registry's shard list names the known ones."""
+
+
 class RefusedError(CodeindexError):
     """codeindex refused to act because acting could lose data; a flag can override."""
 
@@ -64,6 +68,19 @@ class LockTimeoutError(CodeindexError):
 
 class StoreError(CodeindexError):
     """The vector store, the state store or the embedding cache failed."""
+
+
+class DependencyUnavailableError(StoreError):
+    """A dependency's circuit breaker is open: calls to it fail fast until it is tried again.
+
+    A :class:`StoreError`, so that tasks which retry on store failures retry later.
+    """
+
+
+class BrokerUnavailableError(CodeindexError):
+    """Redis (the broker and lock server) could not be reached; nothing was changed."""
+
+    exit_code = 4
 
 
 class SyncFailedError(CodeindexError):

@@ -36,6 +36,7 @@ class SyncRequest(BaseModel):
     dry_run: bool = False
     force: bool = False
     trigger: str = "cli"
+    hops: int = Field(default=0, ge=0, description="Times a plan was forwarded to a new owner.")
 
 
 class PlannedFile(BaseModel):

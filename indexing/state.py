@@ -83,6 +83,7 @@ class RunRecord:
     started_at: str = field(default_factory=utcnow)
     finished_at: str | None = None
     message: str = ""
+    shard_id: str = ""
 
 
 class StateStore(Protocol):
@@ -142,7 +143,20 @@ class StateStore(Protocol):
         ...
 
     def failures(self, limit: int = 20) -> list[dict]:
-        """The newest dead-letter records first."""
+        """The newest dead-letter records first: id, run_id, task, arguments (JSON text),
+        error, created_at, replayed_at (None until replayed)."""
+        ...
+
+    def get_failure(self, failure_id: int) -> dict | None:
+        """One dead-letter record (the shape :meth:`failures` gives), or None."""
+        ...
+
+    def mark_failure_replayed(self, failure_id: int) -> None:
+        """Stamp ``replayed_at`` on a dead-letter record that was re-enqueued."""
+        ...
+
+    def delete_runs_before(self, cutoff: str) -> int:
+        """Retention: delete finished runs started before ISO-8601 ``cutoff``; return how many."""
         ...
 
     def repo_stats(self) -> list[dict]:
@@ -167,10 +181,10 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     added INTEGER NOT NULL, updated INTEGER NOT NULL, deleted INTEGER NOT NULL,
     unchanged INTEGER NOT NULL, skipped INTEGER NOT NULL, errors INTEGER NOT NULL,
     bytes INTEGER NOT NULL, files_total INTEGER NOT NULL, files_done INTEGER NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT, message TEXT NOT NULL);
+    started_at TEXT NOT NULL, finished_at TEXT, message TEXT NOT NULL, shard_id TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, task TEXT NOT NULL,
-    arguments TEXT NOT NULL, error TEXT NOT NULL, created_at TEXT NOT NULL);
+    arguments TEXT NOT NULL, error TEXT NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT);
 """
 
 
@@ -191,8 +205,18 @@ class SQLiteStateStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._conn().executescript(_SCHEMA)
+                self._migrate()
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Add the columns later versions introduced to a database an older version created."""
+        conn = self._conn()
+        for table, column, decl in (("sync_runs", "shard_id", "TEXT NOT NULL DEFAULT ''"),
+                                    ("failures", "replayed_at", "TEXT")):
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -338,6 +362,19 @@ class SQLiteStateStore:
     def failures(self, limit: int = 20) -> list[dict]:
         """The newest dead-letter records, newest first."""
         return [dict(r) for r in self._query("SELECT * FROM failures ORDER BY id DESC LIMIT ?", [limit])]
+
+    def get_failure(self, failure_id: int) -> dict | None:
+        rows = self._query("SELECT * FROM failures WHERE id = ?", [failure_id])
+        return dict(rows[0]) if rows else None
+
+    def mark_failure_replayed(self, failure_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE failures SET replayed_at = ? WHERE id = ?", [utcnow(), failure_id])
+
+    def delete_runs_before(self, cutoff: str) -> int:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM sync_runs WHERE started_at < ? AND status != 'running'",
+                                [cutoff]).rowcount
 
     def repo_stats(self) -> list[dict]:
         """Per repository: id, root, collection, last commit, files and chunks indexed."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from celery import chord
 
+from config.celery import shard_queue
 from config.settings import Settings, get_settings
 from indexing.messages import BatchJob, CommitJob, FileResult, RunContext, SyncRequest
 from indexing.state import RunRecord, utcnow
@@ -15,7 +16,10 @@ from tasks.embed import batch
 from tasks.failures import mark_run_failed
 from workers import resources
 from workers.app import app, codeindex_task
-from workers.locks import repo_lock
+from workers.routing import router
+
+#: A plan delivered to a shard that no longer owns its repository is sent on at most this often.
+MAX_HOPS = 3
 
 
 def _limits(settings: Settings) -> PlanLimits:
@@ -37,15 +41,24 @@ def plan(self, request: dict) -> dict:
         result = plan_sync(req, state, resources.file_filter(settings, root), _limits(settings))
         return summarize_plan(req, result, _seconds_since(started)).model_dump(mode="json")
 
+    if not self.request.is_eager and settings.state_url and req.hops < MAX_HOPS:
+        # Routing is cached by publishers: a plan that reaches a shard that stopped owning the
+        # repository (drained, rebalanced) goes on to the owner, keeping its task id and result.
+        router().forget(req.repo_id)
+        owner = router().owner(req.repo_id)
+        if owner != settings.shard_id:
+            forwarded = req.model_copy(update={"hops": req.hops + 1})
+            return self.replace(plan.s(forwarded.model_dump(mode="json")).set(queue=shard_queue(owner)))
     state = resources.state_store(settings)
-    with repo_lock(resources.index_home(settings), req.repo_id, settings.lock_timeout):
+    with resources.repo_lock(settings, req.repo_id):
         check_model(state, req.collection, embedder)
         previous = state.get_repo(req.repo_id)
         fence = state.grant_fence(req.repo_id, req.root, req.collection)
         result = plan_sync(req, state, resources.file_filter(settings, root), _limits(settings))
     batches = result.batches(settings.batch_files, settings.batch_bytes)
     state.start_run(RunRecord(id=req.run_id, repo_id=req.repo_id, trigger=req.trigger, started_at=started,
-                              files_total=sum(len(b) for b in batches), message=result.note))
+                              files_total=sum(len(b) for b in batches), message=result.note,
+                              shard_id=settings.shard_id))
     context = RunContext(run_id=req.run_id, repo_id=req.repo_id, root=req.root, collection=req.collection,
                          fence=fence, commit=result.commit)
     job = CommitJob(**context.model_dump(), advance_commit=result.advance_commit, trigger=req.trigger,
@@ -70,11 +83,13 @@ def commit(self, results: list[list[dict]], job: dict) -> dict:
 def _commit(work: CommitJob, results: list[FileResult]) -> dict:
     settings = get_settings()
     state = resources.state_store(settings)
-    with repo_lock(resources.index_home(settings), work.repo_id, settings.lock_timeout):
+    with resources.repo_lock(settings, work.repo_id):
         summary = commit_sync(work, results, state, resources.vector_store(settings, work.collection))
     summary.seconds = _seconds_since(work.started_at)
     total = sum(1 for f in work.files if f.action.value in ("ADD", "UPDATE"))
-    state.finish_run(run_record(summary, work.trigger, work.started_at, total))
+    record = run_record(summary, work.trigger, work.started_at, total)
+    record.shard_id = settings.shard_id
+    state.finish_run(record)
     return summary.model_dump(mode="json")
 
 

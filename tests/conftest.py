@@ -93,3 +93,116 @@ def export_index(home: Path | None = None) -> list[dict]:
 
     settings = get_settings()
     return list(resources.vector_store(settings, settings.collection).export())
+
+
+# ---------------------------------------------------------------------------------------------
+# Real servers for the fleet: a private Redis per test session (so a test may restart it) and a
+# fresh PostgreSQL database per test session on the machine's server (127.0.0.1:5432, trust).
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private ``redis-server`` (no persistence) on a free port, started and stopped by tests."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.port, self.proc = workdir, free_port(), None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import time
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: the fleet tests need a real Redis")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server (its data is lost, as a restart without persistence loses it) and start it again."""
+        import time
+
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A private Redis server for this test session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the private Redis, flushed before each test."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url, socket_timeout=5).flushall()
+    return redis_server.url
+
+
+POSTGRES_ADMIN_DSN = os.environ.get("CODEINDEX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> str:
+    """A fresh PostgreSQL database for this test session (dropped at the end); its DSN."""
+    import psycopg
+
+    name = f"codeindex_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN} (scripts/test starts it): {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    yield dsn
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_dsn(postgres_database: str) -> str:
+    """The session database, emptied of codeindex's tables before each test."""
+    import psycopg
+
+    with psycopg.connect(postgres_database, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return postgres_database

@@ -18,8 +18,11 @@ from indexing.errors import CodeindexError, LockTimeoutError, StoreError, SyncFa
 
 log = logging.getLogger("codeindex.tasks")
 
-app = Celery("codeindex", include=["tasks.sync", "tasks.embed"])
+app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards"])
 app.conf.update(celery_config(get_settings()))
+
+# Signal handlers of fleet workers (registration, heartbeat, drain) and of metrics.
+from workers import lifecycle, metrics  # noqa: E402,F401  (connects Celery signals)
 
 
 def apply_settings(settings: Settings) -> None:
@@ -35,10 +38,17 @@ class CodeindexTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = (StoreError, LockTimeoutError)
-    max_retries = 5
     retry_backoff = 2
-    retry_backoff_max = 300
     retry_jitter = True
+
+    @property
+    def max_retries(self) -> int:  # read per call: settings may change after import (CLI, tests)
+        return get_settings().max_retries
+
+    @property
+    def retry_backoff_max(self) -> int:
+        """Longest retry delay; celery_config checks it stays below the visibility timeout."""
+        return get_settings().retry_backoff_max
 
     def on_replace(self, sig):
         """Run the replacing signature; in eager mode its results already exist when read,

@@ -2,19 +2,29 @@
 
 The embedded mode uses an advisory file lock (``fcntl.flock``) under the index home:
 it is released by the kernel when the holder dies, so a crash never leaves it held.
+The fleet uses a Redis lock with a time-to-live that a thread renews while it is held;
+a holder that stalls past the ttl loses it, and the fencing token refuses its late writes.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from indexing.errors import LockTimeoutError
+import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from indexing.errors import BrokerUnavailableError, LockTimeoutError
+
+log = logging.getLogger("codeindex.locks")
 
 
 @contextmanager
@@ -46,3 +56,121 @@ def repo_lock(home: Path, repo_id: str, timeout: float) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def redis_lock_key(repo_id: str) -> str:
+    """The Redis key of the lock of ``repo_id``."""
+    return f"codeindex:lock:repo:{repo_id}"
+
+
+class RedisLockHandle:
+    """What the holder of a Redis repository lock can see while it holds it.
+
+    ``lost`` turns true (with ``lost_reason``) when a renewal finds the lock gone or owned by
+    another holder, or when no renewal succeeded for a whole ttl; work done after that is
+    protected only by the fencing token. ``renewals`` counts successful renewals.
+    """
+
+    def __init__(self, repo_id: str, ttl: float) -> None:
+        self.repo_id, self.ttl = repo_id, ttl
+        self.lost = False
+        self.lost_reason: str | None = None
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+
+    def pause_renewal(self) -> None:
+        """Stop renewing, as a stalled holder (a long GC pause, a frozen VM) would.
+
+        For tests only: it lets a test watch the lock expire under a live holder.
+        """
+        self._paused.set()
+
+    def _mark_lost(self, reason: str) -> None:
+        self.lost, self.lost_reason = True, reason
+        log.warning("redis lock lost repo=%s reason=%s", self.repo_id, reason)
+
+
+def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
+    """Renew ``lock`` every ``every`` seconds until the handle is stopped or the lock is lost.
+
+    Runs in a daemon thread, so it never raises: outcomes are recorded on the handle.
+    """
+    last_renewed = time.monotonic()
+    while not handle._stop.wait(every):
+        if handle._paused.is_set():
+            continue
+        try:
+            lock.extend(handle.ttl, replace_ttl=True)
+        except LockError as exc:  # LockNotOwnedError included: expired, or another holder's now
+            if not handle._stop.is_set():  # not the release racing a late renewal
+                handle._mark_lost(f"renewal refused: {exc}")
+            return
+        except redis.RedisError as exc:
+            # Redis unreachable: the lock may still be ours until its ttl runs out.
+            if time.monotonic() - last_renewed >= handle.ttl:
+                handle._mark_lost(f"not renewed for {handle.ttl:.1f}s (ttl): {exc}")
+                return
+            log.warning("redis lock renewal failed repo=%s error=%s; retrying", handle.repo_id, exc)
+        except Exception as exc:  # noqa: BLE001 - escaping, it would end the thread unseen
+            handle._mark_lost(f"renewal crashed: {exc!r}")
+            return
+        else:
+            handle.renewals += 1
+            last_renewed = time.monotonic()
+
+
+@contextmanager
+def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: float,
+                    renew_every: float | None = None) -> Iterator[RedisLockHandle]:
+    """Hold the Redis lock of ``repo_id`` for the ``with`` block, renewed while held.
+
+    The lock lives ``ttl`` seconds unless renewed; a daemon thread renews it every
+    ``renew_every`` seconds (default ``ttl / 3``). Waits up to ``timeout`` seconds for it:
+    raises :class:`LockTimeoutError` when another holder keeps it, and
+    :class:`BrokerUnavailableError` when Redis cannot be reached. Released on every exit
+    path; releasing a lock already lost logs a warning and does not raise, since redis-py's
+    token check keeps it from deleting another holder's lock.
+    """
+    if ttl <= 0:
+        raise ValueError(f"ttl must be positive, got {ttl}")
+    every = ttl / 3 if renew_every is None else renew_every
+    if not 0 < every < ttl:
+        raise ValueError(f"renew_every must be between 0 and ttl ({ttl}), got {every}")
+    # thread_local=False: the renewal thread must see the token the acquiring thread got.
+    lock = Lock(client, redis_lock_key(repo_id), timeout=ttl, sleep=0.05, blocking=True,
+                blocking_timeout=timeout, thread_local=False)
+    try:
+        acquired = lock.acquire()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailableError(
+            f"cannot reach Redis to lock repository {repo_id}: {exc}; retry when Redis is back"
+        ) from exc
+    if not acquired:
+        raise LockTimeoutError(
+            f"repository {repo_id} is locked by another sync (waited {timeout:g}s); retry later"
+        )
+    handle = RedisLockHandle(repo_id, ttl)
+    renewer = threading.Thread(target=_renew, args=(lock, handle, every), daemon=True,
+                               name=f"lock-renewer:{repo_id}")
+    renewer.start()
+    try:
+        yield handle
+    finally:
+        handle._stop.set()
+        renewer.join(timeout=every)
+        _release(lock, handle)
+
+
+def _release(lock: Lock, handle: RedisLockHandle) -> None:
+    """Release ``lock``; a lost lock or an unreachable Redis is logged, never raised."""
+    try:
+        lock.release()
+    except LockError as exc:
+        if not handle.lost:
+            handle.lost, handle.lost_reason = True, f"expired before release: {exc}"
+        log.warning("redis lock was lost before release repo=%s reason=%s; the fencing token "
+                    "guards the writes made since", handle.repo_id, handle.lost_reason)
+    except redis.RedisError as exc:
+        log.warning("redis lock release failed repo=%s error=%s; it expires after %.1fs",
+                    handle.repo_id, exc, handle.ttl)

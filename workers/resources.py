@@ -1,18 +1,24 @@
-"""The one place where configuration picks the implementations: state store, vector store,
-embedding cache and embedder. Objects are made once per process and index home.
+"""The one place where configuration picks the implementations: state store (SQLite or
+PostgreSQL), shard registry, repository locks (file or Redis), vector store (behind a circuit
+breaker in a fleet), embedding cache and embedder. Objects are made once per process and
+configuration; a forked worker child makes its own connections (see :func:`reset`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from config.settings import Settings
 from indexing.embed_cache import EmbeddingCache, SQLiteEmbeddingCache
 from indexing.embedders import Embedder, get_embedder
+from indexing.errors import UsageError
 from indexing.scanner import FileFilter
 from indexing.state import SQLiteStateStore, StateStore
 from indexing.store import VectorStore
+from workers import locks
 
 _lock = threading.Lock()
 _cache: dict[tuple, object] = {}
@@ -26,6 +32,7 @@ def index_home(settings: Settings) -> Path:
 
 
 def _once(key: tuple, make):
+    key = (os.getpid(), *key)  # a forked child never shares its parent's connections
     with _lock:
         if key not in _cache:
             _cache[key] = make()
@@ -33,23 +40,69 @@ def _once(key: tuple, make):
 
 
 def state_store(settings: Settings, readonly: bool = False) -> StateStore:
-    """The state store: SQLite file ``state.sqlite`` in the index home.
+    """The state store: PostgreSQL at ``CODEINDEX_STATE_URL`` when set, else the SQLite file
+    ``state.sqlite`` in the index home.
 
-    A read-only store is never cached: it must see the file if a later writer creates it.
+    A read-only SQLite store is never cached: it must see the file if a later writer creates it.
     """
+    if settings.state_url:
+        from indexing.pg_state import PostgresStateStore
+
+        return _once(("pg-state", settings.state_url, readonly),
+                     lambda: PostgresStateStore(settings.state_url, readonly=readonly))
     path = index_home(settings) / "state.sqlite"
     if readonly:
         return SQLiteStateStore(path, readonly=True)
     return _once(("state", str(path)), lambda: SQLiteStateStore(path))
 
 
+def registry(settings: Settings):
+    """The shard registry (:class:`workers.registry.ShardRegistry`) in PostgreSQL.
+
+    Raises :class:`UsageError` in the embedded mode, which has one shard and no registry.
+    """
+    if not settings.state_url:
+        raise UsageError("the shard registry lives in PostgreSQL: set CODEINDEX_STATE_URL=postgresql://... "
+                         "(and a Redis broker) to run a fleet")
+    from workers.registry import ShardRegistry
+
+    return _once(("registry", settings.state_url), lambda: ShardRegistry(settings.state_url))
+
+
+def redis(settings: Settings):
+    """The Redis client for locks and breaker state, or None in the embedded mode."""
+    url = settings.lock_redis_url
+    if url is None:
+        return None
+    from workers.redis_client import redis_client
+
+    return redis_client(url)
+
+
+def repo_lock(settings: Settings, repo_id: str) -> AbstractContextManager:
+    """The lock that serialises planning and commits of ``repo_id``: a Redis lock (renewed while
+    held) in a fleet, a file lock under the index home otherwise.
+    Raises LockTimeoutError after ``settings.lock_timeout`` seconds of waiting."""
+    client = redis(settings)
+    if client is None:
+        return locks.repo_lock(index_home(settings), repo_id, settings.lock_timeout)
+    return locks.redis_repo_lock(client, repo_id, ttl=settings.lock_ttl, timeout=settings.lock_timeout)
+
+
 def vector_store(settings: Settings, collection: str) -> VectorStore:
     """The vector store: LanceDB at ``CODEINDEX_STORE_URI`` (default ``<home>/lancedb``), one
-    table per collection."""
+    table per collection; in a fleet behind the shared ``vector_store`` circuit breaker."""
     from indexing.lance_store import LanceDBStore
 
     uri = settings.store_uri or str(index_home(settings) / "lancedb")
-    return _once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
+    store = _once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
+    url = settings.lock_redis_url
+    if url is None:
+        return store
+    from workers.breakers import GuardedVectorStore
+
+    return GuardedVectorStore(store, url, fail_max=settings.breaker_fail_max,
+                              reset_timeout=settings.breaker_reset_timeout)
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:

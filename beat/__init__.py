@@ -1,0 +1,1 @@
+"""The beat schedule of the fleet and its single-instance guard (celery-redbeat's lock)."""

@@ -1,0 +1,181 @@
+"""Circuit breakers around the vector store, the embedder and object storage (pybreaker).
+
+In the fleet a breaker's state lives in Redis, one namespace per dependency, so every worker
+sees a breaker another one opened; the embedded mode keeps it in memory. While a breaker is
+open, calls fail fast with :class:`DependencyUnavailableError` and tasks retry later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import numpy as np
+import pybreaker
+import redis
+
+from indexing.errors import (
+    DependencyUnavailableError,
+    RefusedError,
+    StaleFenceError,
+    UsageError,
+)
+from indexing.store import SearchHit, VectorObject, VectorStore
+from workers.redis_client import redis_client
+
+log = logging.getLogger("codeindex.breakers")
+
+T = TypeVar("T")
+
+# Answers, not outages: the dependency worked and said no. GeneratorExit is a consumer that
+# stopped reading a guarded iterator early, which says nothing about the dependency.
+EXCLUDED = (RefusedError, UsageError, StaleFenceError, GeneratorExit)
+
+# Each guarded call costs a few Redis round trips; a short timeout keeps an unreachable Redis
+# from stalling calls to a healthy dependency (pybreaker then assumes the breaker closed).
+BREAKER_REDIS_TIMEOUT = 1.0
+
+
+class Dependency(StrEnum):
+    """An external service a worker calls through a circuit breaker."""
+
+    VECTOR_STORE = "vector_store"
+    EMBEDDER = "embedder"
+    OBJECT_STORE = "object_store"
+
+
+class _LogStateChanges(pybreaker.CircuitBreakerListener):
+    def state_change(self, cb, old_state, new_state) -> None:
+        log.warning("circuit breaker dependency=%s state=%s previous=%s", cb.name, new_state.name,
+                    old_state.name if old_state else None)
+
+
+_lock = threading.Lock()
+_breakers: dict[tuple, pybreaker.CircuitBreaker] = {}
+
+
+def breaker(dependency: Dependency, redis_url: str | None, *, fail_max: int = 5,
+            reset_timeout: float = 30.0) -> pybreaker.CircuitBreaker:
+    """The breaker of ``dependency``: opens after ``fail_max`` failures in a row, tries again
+    ``reset_timeout`` seconds after opening.
+
+    With ``redis_url`` its state is in Redis under ``codeindex:<dependency>``, shared by every
+    process; without, in this process's memory. Cached per dependency, URL, thresholds and
+    process. If Redis cannot be reached to set the breaker up, an uncached in-memory breaker
+    is returned (closed, as pybreaker itself falls back to), and the next call tries Redis again.
+    """
+    key = (dependency, redis_url, fail_max, reset_timeout, os.getpid())
+    with _lock:
+        cb = _breakers.get(key)
+        if cb is None:
+            try:
+                cb = _make(dependency, redis_url, fail_max, reset_timeout)
+            except redis.RedisError as exc:
+                log.warning("circuit breaker state unreachable dependency=%s error=%s; "
+                            "using a closed in-memory breaker", dependency, exc)
+                return _make(dependency, None, fail_max, reset_timeout)
+            _breakers[key] = cb
+        return cb
+
+
+def _make(dependency: Dependency, redis_url: str | None, fail_max: int,
+          reset_timeout: float) -> pybreaker.CircuitBreaker:
+    storage = None
+    if redis_url is not None:
+        # Raises RedisError when Redis is down: the constructor's SETNX calls are unguarded.
+        storage = pybreaker.CircuitRedisStorage(
+            pybreaker.STATE_CLOSED, redis_client(redis_url, timeout=BREAKER_REDIS_TIMEOUT),
+            namespace=f"codeindex:{dependency}")
+    return pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout, exclude=EXCLUDED,
+                                    listeners=[_LogStateChanges()], state_storage=storage,
+                                    name=str(dependency))
+
+
+def guarded(dependency: Dependency, redis_url: str | None, func: Callable[..., T], *args: Any,
+            **kwargs: Any) -> T:
+    """Call ``func(*args, **kwargs)`` through the breaker of ``dependency`` (default thresholds).
+
+    Raises :class:`DependencyUnavailableError` when the breaker is open or this call opened it.
+    """
+    return call_through(breaker(dependency, redis_url), func, *args, **kwargs)
+
+
+def call_through(cb: pybreaker.CircuitBreaker, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``func`` through ``cb``, turning an open breaker into :class:`DependencyUnavailableError`.
+
+    A generator result is consumed through the breaker too: pybreaker counts its outcome when
+    it ends, so the open breaker it may report then is translated as well.
+    """
+    try:
+        result = cb.call(func, *args, **kwargs)
+    except pybreaker.CircuitBreakerError as exc:
+        raise unavailable(cb) from exc
+    if isinstance(result, types.GeneratorType):
+        return _translated(cb, result)  # type: ignore[return-value]
+    return result
+
+
+def _translated(cb: pybreaker.CircuitBreaker, items: Iterator) -> Iterator:
+    try:
+        yield from items
+    except pybreaker.CircuitBreakerError as exc:
+        raise unavailable(cb) from exc
+
+
+def unavailable(cb: pybreaker.CircuitBreaker) -> DependencyUnavailableError:
+    """The error for the open breaker ``cb``, saying when its dependency will be tried again."""
+    opened_at = cb._state_storage.opened_at  # pybreaker keeps no public accessor for it
+    if opened_at is None:
+        when = "shortly"
+    else:
+        retry_at = opened_at + timedelta(seconds=cb.reset_timeout)
+        wait = max(0.0, (retry_at - datetime.now(UTC)).total_seconds())
+        when = f"at {retry_at:%H:%M:%S} UTC (in {wait:.0f}s)"
+    return DependencyUnavailableError(
+        f"dependency {cb.name} is unavailable: its circuit breaker is open after repeated "
+        f"failures; it will be tried again {when}, and the task retries later"
+    )
+
+
+class GuardedVectorStore:
+    """A :class:`VectorStore` whose every call goes through the ``vector_store`` breaker.
+
+    Each protocol method is wrapped explicitly (no ``__getattr__``), so a method added to the
+    protocol fails type checking here until it is guarded too.
+    """
+
+    def __init__(self, store: VectorStore, redis_url: str | None, *, fail_max: int = 5,
+                 reset_timeout: float = 30.0) -> None:
+        self._store = store
+        self._breaker = breaker(Dependency.VECTOR_STORE, redis_url, fail_max=fail_max,
+                                reset_timeout=reset_timeout)
+
+    def ensure_collection(self, dimension: int) -> None:
+        call_through(self._breaker, self._store.ensure_collection, dimension)
+
+    def upsert(self, objects: Sequence[VectorObject]) -> int:
+        return call_through(self._breaker, self._store.upsert, objects)
+
+    def delete(self, ids: Sequence[str], fence: int) -> None:
+        call_through(self._breaker, self._store.delete, ids, fence)
+
+    def list_ids(self, repo: str) -> dict[str, str]:
+        return call_through(self._breaker, self._store.list_ids, repo)
+
+    def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
+        return call_through(self._breaker, self._store.chunk_indexes, repo, paths)
+
+    def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
+        return call_through(self._breaker, self._store.search, vector, k, repo)
+
+    def count(self, repo: str | None = None) -> int:
+        return call_through(self._breaker, self._store.count, repo)
+
+    def export(self, with_vectors: bool = False) -> Iterator[dict]:
+        return call_through(self._breaker, self._store.export, with_vectors)
