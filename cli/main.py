@@ -364,11 +364,23 @@ def main() -> None:
 
     Click (standalone mode) prints usage errors itself and exits with 2.
     """
+    from celery.exceptions import ChordError
+    from kombu.exceptions import OperationalError
+
     try:
         app()
     except CodeindexError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
+    except ChordError as exc:
+        # A header task of the embedding chord exhausted its retries: the run is marked failed,
+        # its failure recorded, the state left as it was (`codeindex failures`, then replay or sync again).
+        sys.stderr.write(f"error: the sync failed: {exc}\n"
+                         "the index state is unchanged; see `codeindex failures`, then sync again\n")
+        sys.exit(4)
+    except OperationalError as exc:
+        sys.stderr.write(f"error: the broker is unreachable: {exc}\n")
+        sys.exit(4)
 
 
 from cli import fleet  # noqa: E402  (registers worker, beat, repo, shards, failures, metrics)

@@ -67,7 +67,14 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_default_queue": Queue.DEFAULT.value,
         "task_routes": (ROUTER,),
         "task_create_missing_queues": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # kombu's Redis transport puts an unacknowledged message back on its queue once it is
+        # older than the visibility timeout; sweeping every tenth of it (at most every 10 s,
+        # scanning on every sweep) bounds how long a dead worker's messages stay hidden.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 10,

@@ -1,10 +1,22 @@
 """The LanceDB vector store: the embedded default (a directory on disk) and the shared-path
 store of a fleet. Upserts are ``merge_insert`` on the id, conditioned on the fencing token.
+
+Concurrent writers: Lance commits optimistically and does not detect two concurrent
+``merge_insert`` calls that plan the same key (lance-format/lance#4585, #8949; lancedb#2463:
+"serialize concurrent writes at the application layer"); both commit and the key is stored
+twice (tests/fleet/test_faults.py saw 943 rows for 885 ids). So every write to a table on a
+local (shared) path holds an exclusive ``flock`` on ``<uri>/.<collection>.write.lock`` and
+works on the latest version; reads take no lock and always see the latest version
+(``read_consistency_interval=0``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +58,31 @@ class LanceDBStore:
             import lancedb
 
             try:
-                self._conn = lancedb.connect(self.uri)
+                # Always read the latest version: other processes write the same table.
+                self._conn = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
             except Exception as exc:  # lancedb raises plain exceptions of several kinds
                 raise StoreError(f"cannot open the LanceDB store at {self.uri}: {exc}") from exc
         return self._conn
+
+    @contextmanager
+    def _writing(self):
+        """Hold the table's write lock (local paths; a no-op for object-store URIs, whose
+        writers the server store of a later issue coordinates) and yield the latest table."""
+        table = self._require()
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            yield table
+            return
+        path = Path(self.uri.removeprefix("file://")) / f".{self.collection}.write.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the write lock {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            table.checkout_latest()
+            yield table
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _schema(self, dimension: int):
         import pyarrow as pa
@@ -91,19 +124,21 @@ class LanceDBStore:
             return 0
         import pyarrow as pa
 
-        table = self._require()
         dimension = int(np.asarray(objects[0].vector).shape[0])
         columns = {name: [getattr(o, name) for o in objects] for name in _PROPERTIES}
         matrix = np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects])
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension)
         data = pa.Table.from_pydict(columns, schema=self._schema(dimension))
         try:
-            result = (
-                table.merge_insert("id")
-                .when_matched_update_all(where="target.fence <= source.fence")
-                .when_not_matched_insert_all()
-                .execute(data)
-            )
+            with self._writing() as table:
+                result = (
+                    table.merge_insert("id")
+                    .when_matched_update_all(where="target.fence <= source.fence")
+                    .when_not_matched_insert_all()
+                    .execute(data)
+                )
+        except StoreError:
+            raise
         except Exception as exc:
             raise StoreError(f"upsert of {len(objects)} objects into {self.collection} failed: {exc}") from exc
         return int(result.num_inserted_rows + result.num_updated_rows)
@@ -111,10 +146,12 @@ class LanceDBStore:
     def delete(self, ids: Sequence[str], fence: int) -> None:
         if not ids:
             return
-        table = self._require()
         try:
-            for part in _in_lists(ids):
-                table.delete(f"id IN ({part}) AND fence <= {int(fence)}")
+            with self._writing() as table:
+                for part in _in_lists(ids):
+                    table.delete(f"id IN ({part}) AND fence <= {int(fence)}")
+        except StoreError:
+            raise
         except Exception as exc:
             raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
 

@@ -24,6 +24,7 @@ def replay(task: str, arguments: dict) -> dict:
                               collection=job.collection, source="paths", trigger="replay",
                               changes=[(f.path, "modified") for f in job.files])
         task, args, kwargs = "codeindex.sync.plan", [request.model_dump(mode="json")], {}
+    app.loader.import_default_modules()  # the task modules of ``include``, as a worker loads them
     if task not in app.tasks:
         raise UsageError(f"cannot replay unknown task {task!r}")
     result = app.send_task(task, args=args, kwargs=kwargs)

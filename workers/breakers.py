@@ -147,7 +147,8 @@ class GuardedVectorStore:
     """A :class:`VectorStore` whose every call goes through the ``vector_store`` breaker.
 
     Each protocol method is wrapped explicitly (no ``__getattr__``), so a method added to the
-    protocol fails type checking here until it is guarded too.
+    protocol fails type checking here until it is guarded too. ``ensure_collection`` is the one
+    exception (see there).
     """
 
     def __init__(self, store: VectorStore, redis_url: str | None, *, fail_max: int = 5,
@@ -157,7 +158,10 @@ class GuardedVectorStore:
                                 reset_timeout=reset_timeout)
 
     def ensure_collection(self, dimension: int) -> None:
-        call_through(self._breaker, self._store.ensure_collection, dimension)
+        """Not through the breaker: it is mostly answered from the open table handle without
+        touching the store, and such a "success" would reset the failure count between the
+        failing upserts that follow it, so the breaker would never open."""
+        self._store.ensure_collection(dimension)
 
     def upsert(self, objects: Sequence[VectorObject]) -> int:
         return call_through(self._breaker, self._store.upsert, objects)

@@ -44,10 +44,13 @@ FLEET_ENV = {
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.2):
     """Poll ``predicate`` until it returns something true; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         value = predicate()
         if value:
+            if os.environ.get("CODEINDEX_TEST_TIMINGS"):
+                sys.stderr.write(f"[{time.monotonic() - started:6.1f}s] {what}\n")
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -203,6 +206,12 @@ def assert_index_exact(fleet: Fleet, root: Path, workdir: Path, repo_id: str | N
     repo_id = repo_id or root.name
     current = fleet.export(repo_id)
     fresh = fresh_export(root, workdir, repo_id)
-    assert len(current) == len(fresh), f"{len(current)} objects in the fleet, {len(fresh)} in a fresh index"
+    if len(current) != len(fresh):
+        fresh_ids = {o["id"] for o in fresh}
+        extra = [(o["path"], o["chunk_index"]) for o in current if o["id"] not in fresh_ids]
+        current_ids = [o["id"] for o in current]
+        missing = [(o["path"], o["chunk_index"]) for o in fresh if o["id"] not in set(current_ids)]
+        pytest.fail(f"{len(current)} objects in the fleet ({len(set(current_ids))} distinct ids), {len(fresh)} in a "
+                    f"fresh index; extra {sorted(extra)[:20]}; missing {sorted(missing)[:20]}")
     assert [o["id"] for o in current] == [o["id"] for o in fresh]
     assert current == fresh
