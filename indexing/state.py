@@ -241,11 +241,20 @@ class SQLiteStateStore:
             if self.store.readonly:
                 raise StoreError("the state store is open read-only (dry run)")
             self.conn = self.store._conn()
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise StoreError(f"state database {self.store.path}: {error}") from error
             return self.conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.Error as error:
+                raise StoreError(f"state database {self.store.path}: {error}") from error
+            if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+                # A failed statement ("database is locked", a full disk) is a store failure.
+                raise StoreError(f"state database {self.store.path}: {exc}") from exc
 
     def _tx(self) -> SQLiteStateStore._Tx:
         return SQLiteStateStore._Tx(self)

@@ -345,3 +345,26 @@ def test_postgres_store_outputs_match_sqlite_shapes(postgres_dsn, tmp_path):
                       {k: v for k, v in failure.items() if k != "created_at"}))
     assert views[0] == views[1]
     stores[1].close()
+
+
+def test_sqlite_write_errors_are_store_errors(tmp_path) -> None:
+    """A failing statement inside a SQLite write transaction surfaces as StoreError, not sqlite3.Error."""
+    import sqlite3
+
+    from indexing.errors import StoreError
+    from indexing.state import RunRecord, SQLiteStateStore
+
+    store = SQLiteStateStore(tmp_path / "state.sqlite")
+    with pytest.raises(StoreError, match="state database"):
+        with store._tx() as conn:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+    # A second connection holding the write lock: BEGIN IMMEDIATE times out as StoreError.
+    other = sqlite3.connect(tmp_path / "state.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        slow = SQLiteStateStore(tmp_path / "state.sqlite", timeout=0.2)
+        with pytest.raises(StoreError, match="locked"):
+            slow.start_run(RunRecord(id="r", repo_id="x", trigger="t"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
