@@ -40,6 +40,18 @@ def _fleet(what: str):
     return settings
 
 
+def _log_at(level: str) -> None:
+    """Log Celery's and codeindex's messages at ``level`` (the CLI's default is warnings only)."""
+    import logging
+
+    try:
+        logging.getLogger().setLevel(level.upper())
+        for name in ("celery", "codeindex"):
+            logging.getLogger(name).setLevel(level.upper())
+    except ValueError:
+        raise UsageError(f"unknown log level {level!r}") from None
+
+
 def worker(
     shard_id: Annotated[Optional[str], typer.Option("--shard-id", help="The shard this worker owns (default: CODEINDEX_SHARD_ID, SHARD_ID or POD_NAME).")] = None,
     capacity: Annotated[Optional[int], typer.Option("--capacity", min=1, help="Repositories this shard may own (default 100).")] = None,
@@ -74,6 +86,7 @@ def worker(
         from workers import metrics
 
         metrics.serve(metrics_port, fleet=False)
+    _log_at(loglevel)
     queues = ",".join([shard_queue(settings.shard_id), Queue.EMBED.value, Queue.MAINTENANCE.value])
     app.worker_main(["worker", "-Q", queues, "-n", f"{settings.shard_id}@%h", "-c", str(concurrency),
                      "-P", pool, "--loglevel", loglevel, "-E"])
@@ -89,6 +102,7 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log lev
     from beat.schedule import beat_config
     from workers.app import app
 
+    _log_at(loglevel)
     app.conf.update(beat_config(settings, settings.lock_redis_url))
     app.Beat(loglevel=loglevel, scheduler=app.conf.beat_scheduler,
              max_interval=app.conf.beat_max_loop_interval).run()

@@ -164,3 +164,8 @@ def _on_child(**_) -> None:
 
     resources.reset()
     router().forget()
+    if _in_fleet():
+        # Import LanceDB (and pyarrow) now rather than in the first embedding batch: about 3 s
+        # here, which bench/fleet.py saw on every worker's first task. Not in the parent:
+        # LanceDB's runtime is not fork-safe.
+        import lancedb  # noqa: F401
