@@ -183,3 +183,26 @@ class GuardedVectorStore:
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:
         return call_through(self._breaker, self._store.export, with_vectors)
+
+
+class GuardedEmbedder:
+    """An :class:`~indexing.embedders.Embedder` whose ``embed`` goes through the ``embedder``
+    breaker (the embedding API of DESIGN.md; the local model fails rarely, a remote API often).
+
+    ``count_tokens`` stays outside: it is the local tokenizer, not the API. The identity of the
+    model (``model_id``, ``dimension``, ``distance``, ``max_tokens``) is the wrapped one's.
+    """
+
+    def __init__(self, embedder, redis_url: str | None, *, fail_max: int = 5, reset_timeout: float = 30.0) -> None:
+        self._embedder = embedder
+        self.model_id = embedder.model_id
+        self.dimension = embedder.dimension
+        self.distance = embedder.distance
+        self.max_tokens = embedder.max_tokens
+        self._breaker = breaker(Dependency.EMBEDDER, redis_url, fail_max=fail_max, reset_timeout=reset_timeout)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self._embedder.count_tokens(texts)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return call_through(self._breaker, self._embedder.embed, texts)

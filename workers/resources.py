@@ -112,9 +112,17 @@ def embedding_cache(settings: Settings) -> EmbeddingCache:
 
 
 def embedder(settings: Settings) -> Embedder:
-    """The configured embedder (``CODEINDEX_EMBEDDER``), one per process."""
-    return get_embedder(settings.embedder, hashing_dimension=settings.hashing_dimension,
-                        batch_size=settings.model_batch_size)
+    """The configured embedder (``CODEINDEX_EMBEDDER``), one per process; in a fleet behind the
+    shared ``embedder`` circuit breaker."""
+    model = get_embedder(settings.embedder, hashing_dimension=settings.hashing_dimension,
+                         batch_size=settings.model_batch_size)
+    url = settings.lock_redis_url
+    if url is None:
+        return model
+    from workers.breakers import GuardedEmbedder
+
+    return GuardedEmbedder(model, url, fail_max=settings.breaker_fail_max,
+                           reset_timeout=settings.breaker_reset_timeout)
 
 
 def file_filter(settings: Settings, root: Path) -> FileFilter:

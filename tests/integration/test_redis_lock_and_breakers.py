@@ -285,3 +285,34 @@ def _vector_object(i: int) -> VectorObject:
                         end_line=i + 1, content=f"line {i}", language="python", content_sha256=f"sha{i}",
                         commit="c0", indexed_at="2024-01-01T00:00:00Z", embedding_model="test", fence=1,
                         vector=vector)
+
+
+def test_guarded_embedder_opens_the_embedder_breaker(redis_url: str) -> None:
+    from indexing.embedders import HashingEmbedder
+    from indexing.errors import DependencyUnavailableError as Unavailable
+    from workers.breakers import GuardedEmbedder
+
+    class FlakyAPI(HashingEmbedder):
+        calls = 0
+        down = True
+
+        def embed(self, texts):
+            FlakyAPI.calls += 1
+            if FlakyAPI.down:
+                raise ConnectionError("embedding API unreachable")
+            return super().embed(texts)
+
+    guarded_model = GuardedEmbedder(FlakyAPI(dimension=16), redis_url, fail_max=2, reset_timeout=1.0)
+    assert (guarded_model.model_id, guarded_model.dimension) == ("feature-hashing-v1-16", 16)
+    with pytest.raises(ConnectionError):
+        guarded_model.embed(["a"])
+    with pytest.raises(Unavailable, match="embedder"):
+        guarded_model.embed(["a"])  # the second failure opens it
+    with pytest.raises(Unavailable):
+        guarded_model.embed(["a"])  # open: the API is not called
+    assert FlakyAPI.calls == 2
+    assert redis_client(redis_url).get("codeindex:embedder:pybreaker:state") == b"open"
+    FlakyAPI.down = False
+    time.sleep(1.2)
+    assert guarded_model.embed(["def retry(): pass"]).shape == (1, 16)
+    assert guarded_model.count_tokens(["a b"])[0] > 0  # the local tokenizer, outside the breaker
