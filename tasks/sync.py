@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tasks.failures import mark_run_failed
 from workers import resources
 from workers.app import app, codeindex_task
 from workers.routing import router
+
+log = logging.getLogger("codeindex.sync")
 
 #: A plan delivered to a shard that no longer owns its repository is sent on at most this often.
 MAX_HOPS = 3
@@ -47,6 +50,8 @@ def plan(self, request: dict) -> dict:
         router().forget(req.repo_id)
         owner = router().owner(req.repo_id)
         if owner != settings.shard_id:
+            log.info("plan of %s reached shard %s, which does not own it: forwarded to shard %s",
+                     req.repo_id, settings.shard_id, owner)
             forwarded = req.model_copy(update={"hops": req.hops + 1})
             return self.replace(plan.s(forwarded.model_dump(mode="json")).set(queue=shard_queue(owner)))
     state = resources.state_store(settings)

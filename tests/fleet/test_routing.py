@@ -32,3 +32,28 @@ def test_repositories_run_on_their_owners_and_chords_span_workers(fleet, tmp_pat
     work.mkdir()
     for root in repos[:2]:
         assert_index_exact(fleet, root, work)
+
+
+def test_a_plan_delivered_to_a_non_owner_goes_on_to_the_owner(fleet, tmp_path: Path) -> None:
+    """A publisher's cached route can be stale (a drain, a rebalance): the plan forwards itself
+    to the owner's queue, keeping its task id, so the caller's result still resolves."""
+    import uuid
+
+    from celery import Celery
+
+    from indexing.messages import SyncRequest
+
+    fleet.start_worker("a")
+    fleet.start_worker("b")
+    root = make_repo(tmp_path, "misrouted", 10, 6)
+    fleet.registry().assign(root.name, "b")
+    request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=root.name, root=str(root), collection="codeindex",
+                          source="all")
+    client = Celery("test-client", broker=fleet.redis_server.url, backend=fleet.redis_server.url)
+    result = client.send_task("codeindex.sync.plan", args=[request.model_dump(mode="json")], queue="shard.a")
+    summary = result.get(timeout=90)
+    assert summary["errors"] == 0 and summary["added"] > 0
+    run = fleet.state().get_run(request.run_id)
+    assert run.status == "succeeded" and run.shard_id == "b"
+    assert f"plan of {root.name} reached shard a, which does not own it: forwarded to shard b" in fleet.log("worker-a")
+    assert_index_exact(fleet, root, tmp_path)
