@@ -18,7 +18,7 @@
    were running; /proc gives the CPU seconds of every process (the machine's other users
    included) and each worker's seconds waiting for a CPU; ``--py-spy`` samples the workers'
    stacks.
-2. Routing overhead per task (``workers.routing.route_timing``) with a warm cache, in-process,
+2. Routing overhead per task (:func:`route_timing`, ``workers.routing.route_task``) with a warm cache, in-process,
    against the registry in PostgreSQL; and the cold cost (cache miss: a registry round trip).
    Target: warm < 100 us.
 3. Fraction of repositories moved when a shard joins and when one leaves, with the real
@@ -752,6 +752,18 @@ def part_throughput(work: Path, report: dict, n_repos: int, files_per_repo: int,
 # part 2: routing overhead
 
 
+def route_timing(route_task, repo_ids: list[str], rounds: int = 3) -> float:
+    """Mean seconds per ``route_task`` call (the Celery router) over ``repo_ids``, after one
+    warm-up pass that fills the router's owner cache."""
+    for repo_id in repo_ids:
+        route_task("codeindex.sync.plan", [{"repo_id": repo_id}], {}, {})
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for repo_id in repo_ids:
+            route_task("codeindex.sync.plan", [{"repo_id": repo_id}], {}, {})
+    return (time.perf_counter() - started) / (rounds * len(repo_ids))
+
+
 def part_routing(work: Path, report: dict, n_repos: int) -> None:
     from config.settings import configure
     from workers import resources, routing
@@ -772,7 +784,7 @@ def part_routing(work: Path, report: dict, n_repos: int) -> None:
         warm = []
         for _ in range(7):
             routing.router().forget()  # every owner cached afresh by route_timing's warm-up pass
-            warm.append(routing.route_timing(repo_ids, rounds=5) * 1e6)
+            warm.append(route_timing(routing.route_task, repo_ids, rounds=5) * 1e6)
         cold_assigned = []
         for rid in repo_ids:
             routing.router().forget(rid)

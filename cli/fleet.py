@@ -31,13 +31,18 @@ _setup: Callable = None  # type: ignore[assignment]  # set by register()
 _print_json: Callable = None  # type: ignore[assignment]
 
 
-def _fleet(what: str):
-    """Settings of a fleet; UsageError naming what is missing in the embedded mode."""
-    _, settings = _setup(None, None)
+def _require_fleet(settings, what: str):
+    """``settings`` when they describe a fleet; UsageError naming what is missing otherwise."""
     if settings.eager or not settings.state_url:
         raise UsageError(f"{what} needs a fleet: set CODEINDEX_BROKER_URL=redis://..., "
                          "CODEINDEX_RESULT_BACKEND=redis://... and CODEINDEX_STATE_URL=postgresql://...")
     return settings
+
+
+def _fleet(what: str):
+    """Settings of a fleet, with the CLI set up (logging, Celery app); see :func:`_require_fleet`."""
+    _, settings = _setup(None, None)
+    return _require_fleet(settings, what)
 
 
 def _log_at(level: str) -> None:
@@ -70,15 +75,20 @@ def worker(
                         ("CODEINDEX_SHARD_ADDRESS", address)):
         if value is not None:
             os.environ[name] = str(value)
+    from config.settings import Settings
+
+    try:
+        home = _require_fleet(Settings(), "codeindex worker").home
+    except ValueError as exc:  # pydantic ValidationError: a bad CODEINDEX_* value
+        raise UsageError(f"invalid setting: {exc}") from None
+    if home is None:
+        raise UsageError("set CODEINDEX_HOME to the directory the workers share (vectors, embedding cache)")
     if metrics_port is not None:
-        # Before prometheus-client is imported: the pool's children write their counters to
-        # files there, which the main process adds up (prometheus-client multiprocess mode).
-        home = os.environ.get("CODEINDEX_HOME") or "."
+        # Before prometheus-client is imported (by _fleet): the pool's children write their
+        # counters to files there, which the main process adds up (multiprocess mode).
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(home) / "metrics" / f"{os.getpid()}"))
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     settings = _fleet("codeindex worker")
-    if settings.home is None:
-        raise UsageError("set CODEINDEX_HOME to the directory the workers share (vectors, embedding cache)")
     from config.celery import Queue, shard_queue
     from workers.app import app
 

@@ -53,8 +53,8 @@ def retention(self) -> dict:
 
 
 def _mark_checked(settings) -> None:
-    """Count heartbeat checks in Redis (``codeindex:beat:checks``): the one-beat test and
-    ``codeindex shards`` read it."""
+    """Count heartbeat checks in Redis (``codeindex:beat:checks``, ``codeindex:beat:last_check``):
+    how an operator, and the one-beat test, see that exactly one beat schedules."""
     client = resources.redis(settings)
     if client is not None:
         pipe = client.pipeline()

@@ -47,7 +47,7 @@ class _Lifecycle:
         from workers import resources
 
         settings = get_settings()
-        address = settings.shard_address or socket.gethostbyname(socket.gethostname())
+        address = settings.shard_address or _own_address()
         shard = resources.registry(settings).register(settings.shard_id, hostname, address, settings.shard_capacity)
         self.registered = True
         log.info("shard %s registered (%s, %s, capacity %d)", shard.shard_id, hostname, address, shard.capacity)
@@ -129,6 +129,15 @@ class _Lifecycle:
             log.info("shard %s offline", settings.shard_id)
         except Exception as exc:
             log.warning("could not mark shard %s offline (beat will): %s", settings.shard_id, exc)
+
+
+def _own_address() -> str:
+    """This host's address for the registry; the host name when it does not resolve (a
+    failed lookup must not keep the worker from registering)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return socket.gethostname()
 
 
 _lifecycle = _Lifecycle()

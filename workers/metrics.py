@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 from celery import signals
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
@@ -96,23 +95,6 @@ class FleetCollector:
         for name, value in depths.items():
             depth.add_metric([name], value)
         yield depth
-
-
-def fleet_registry() -> CollectorRegistry:
-    """A registry holding only the fleet gauges (what ``codeindex metrics`` serves with the rest)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector())
-    return registry
-
-
-def prepare_multiprocess(directory: Path) -> None:
-    """Point prometheus-client's multiprocess mode at ``directory`` (emptied) before any worker
-    child starts; must run before the metric objects of the children are created, i.e. in the
-    worker's main process before the pool forks."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def serve(port: int, fleet: bool, addr: str = "0.0.0.0") -> None:

@@ -101,8 +101,9 @@ def vector_store(settings: Settings, collection: str) -> VectorStore:
         return store
     from workers.breakers import GuardedVectorStore
 
-    return GuardedVectorStore(store, url, fail_max=settings.breaker_fail_max,
-                              reset_timeout=settings.breaker_reset_timeout)
+    return _once(("guarded-lancedb", uri, collection, url, settings.breaker_fail_max, settings.breaker_reset_timeout),
+                 lambda: GuardedVectorStore(store, url, fail_max=settings.breaker_fail_max,
+                                            reset_timeout=settings.breaker_reset_timeout))
 
 
 def embedding_cache(settings: Settings) -> EmbeddingCache:
@@ -121,8 +122,9 @@ def embedder(settings: Settings) -> Embedder:
         return model
     from workers.breakers import GuardedEmbedder
 
-    return GuardedEmbedder(model, url, fail_max=settings.breaker_fail_max,
-                           reset_timeout=settings.breaker_reset_timeout)
+    return _once(("guarded-embedder", model.model_id, url, settings.breaker_fail_max, settings.breaker_reset_timeout),
+                 lambda: GuardedEmbedder(model, url, fail_max=settings.breaker_fail_max,
+                                         reset_timeout=settings.breaker_reset_timeout))
 
 
 def file_filter(settings: Settings, root: Path) -> FileFilter:

@@ -242,14 +242,3 @@ def route_task(name, args, kwargs, options, task=None, **kw):
     queue = router().queue_for(name, args, kwargs)
     return {"queue": queue} if queue else None
 
-
-def route_timing(repo_ids: Sequence[str], rounds: int = 3) -> float:
-    """Mean seconds per :func:`route_task` call over ``repo_ids`` with a warm cache (bench)."""
-    for repo_id in repo_ids:
-        route_task("codeindex.sync.plan", [{"repo_id": repo_id}], {}, {})
-    started = time.perf_counter()
-    for _ in range(rounds):
-        for repo_id in repo_ids:
-            route_task("codeindex.sync.plan", [{"repo_id": repo_id}], {}, {})
-    return (time.perf_counter() - started) / (rounds * len(repo_ids))
-

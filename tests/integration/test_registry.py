@@ -28,6 +28,15 @@ def set_heartbeat_ago(dsn: str, shard_id: str, seconds: float) -> None:
                      [seconds, shard_id])
 
 
+def race_all(race, registries) -> None:
+    """Run ``race(registry, "shard-<n>")`` for every registry in its own thread, all at once."""
+    threads = [threading.Thread(target=race, args=(reg, f"shard-{n}")) for n, reg in enumerate(registries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+
 def test_register_then_reregister_keeps_registered_at(registry, postgres_dsn):
     first = registry.register("shard-1", "indexer-0", "10.0.0.5", 100)
     assert (first.shard_id, first.name, first.address, first.capacity, first.status, first.load) == \
@@ -142,11 +151,7 @@ def test_racing_compare_and_set_has_exactly_one_winner(postgres_dsn):
                 wins[repo].append(shard_id)
         registry.close()
 
-    threads = [threading.Thread(target=race, args=(reg, f"shard-{n}")) for n, reg in enumerate(registries)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    race_all(race, registries)
     assert all(len(winners) == 1 for winners in wins.values()), wins
     assert ShardRegistry(postgres_dsn).assignments() == {repo: winners[0] for repo, winners in wins.items()}
 
@@ -161,11 +166,7 @@ def test_unconditional_assign_racing_a_first_assignment_still_lands(postgres_dsn
         results.append(registry.assign("repo", shard_id))
         registry.close()
 
-    threads = [threading.Thread(target=race, args=(reg, f"shard-{n}")) for n, reg in enumerate(registries)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    race_all(race, registries)
     assert results == [True] * 4
     # Four writers to four shards, serialised by the row lock: one insert, then three moves.
     assert ShardRegistry(postgres_dsn).moves_total() == 3
