@@ -9,6 +9,7 @@ The schedule (seed 002 "FAQ: what happens if a pod dies"; DESIGN.md "Sharding"):
 - ``codeindex.cleanup.retention`` hourly.
 
 Each entry expires after its own interval, so a backlog of missed checks is not run later.
+Entries name their task only: its kind (``config.kinds``) decides the queue.
 
 Single instance: celery-redbeat keeps the schedule in Redis and holds a Redis lock
 (``redbeat::lock``) while it schedules; a second ``codeindex beat`` waits on that lock and
@@ -25,7 +26,7 @@ SCHEDULER = "redbeat.RedBeatScheduler"
 def beat_schedule(settings: Settings) -> dict[str, dict]:
     """The ``beat_schedule`` mapping for ``settings`` (intervals in seconds)."""
     def entry(task: str, every: float) -> dict:
-        return {"task": task, "schedule": every, "options": {"queue": "maintenance", "expires": every}}
+        return {"task": task, "schedule": every, "options": {"expires": every}}
 
     return {
         "shards-check": entry("codeindex.shards.check", settings.heartbeat_check_interval),

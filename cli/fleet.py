@@ -7,15 +7,20 @@ a shared index home (CODEINDEX_HOME). docs/operations.md walks through running o
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from cli.common import JsonOut, LogLevel, fleet_settings, print_json, require_fleet, read_settings, setup
 from indexing.errors import UsageError
 
 repo_app = typer.Typer(help="Repositories of the index: add (assign to a shard and index), list.",
@@ -25,36 +30,19 @@ shards_app = typer.Typer(help="The shards of the fleet: list them (default), dra
 failures_app = typer.Typer(help="Dead-letter records of tasks that exhausted their retries: list (default), replay.",
                            invoke_without_command=True)
 
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 
-_setup: Callable = None  # type: ignore[assignment]  # set by register()
-_print_json: Callable = None  # type: ignore[assignment]
+class Pool(StrEnum):
+    """The Celery worker pools ``--pool`` accepts."""
 
-
-def _require_fleet(settings, what: str):
-    """``settings`` when they describe a fleet; UsageError naming what is missing otherwise."""
-    if settings.eager or not settings.state_url:
-        raise UsageError(f"{what} needs a fleet: set CODEINDEX_BROKER_URL=redis://..., "
-                         "CODEINDEX_RESULT_BACKEND=redis://... and CODEINDEX_STATE_URL=postgresql://...")
-    return settings
+    PREFORK = "prefork"
+    SOLO = "solo"
+    THREADS = "threads"
 
 
-def _fleet(what: str):
-    """Settings of a fleet, with the CLI set up (logging, Celery app); see :func:`_require_fleet`."""
-    _, settings = _setup(None, None)
-    return _require_fleet(settings, what)
-
-
-def _log_at(level: str) -> None:
+def _log_at(level: LogLevel) -> None:
     """Log Celery's and codeindex's messages at ``level`` (the CLI's default is warnings only)."""
-    import logging
-
-    try:
-        logging.getLogger().setLevel(level.upper())
-        for name in ("celery", "codeindex"):
-            logging.getLogger(name).setLevel(level.upper())
-    except ValueError:
-        raise UsageError(f"unknown log level {level!r}") from None
+    for name in ("", "celery", "codeindex"):
+        logging.getLogger(name).setLevel(level.value)
 
 
 def worker(
@@ -62,59 +50,51 @@ def worker(
     capacity: Annotated[Optional[int], typer.Option("--capacity", min=1, help="Repositories this shard may own (default 100).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="Address shown in `codeindex shards` (default: POD_IP or this host's).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Worker processes (prefork) or threads.")] = 1,
-    pool: Annotated[str, typer.Option("--pool", "-P", help="Celery pool: prefork, solo or threads.")] = "prefork",
+    pool: Annotated[Pool, typer.Option("--pool", "-P", help="Celery pool.")] = Pool.PREFORK,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
+    loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Log level.")] = LogLevel.INFO,
 ) -> None:
     """Run a worker that owns one shard: it consumes `shard.<id>`, `embed` and `maintenance`,
     registers and heartbeats every 10 s, and drains on SIGTERM (grace period
     CODEINDEX_GRACE_PERIOD, 300 s)."""
-    if pool not in ("prefork", "solo", "threads"):
-        raise UsageError(f"--pool must be prefork, solo or threads, not {pool!r}")
-    for name, value in (("CODEINDEX_SHARD_ID", shard_id), ("CODEINDEX_SHARD_CAPACITY", capacity),
-                        ("CODEINDEX_SHARD_ADDRESS", address)):
-        if value is not None:
-            os.environ[name] = str(value)
-    from config.settings import Settings
-
-    try:
-        home = _require_fleet(Settings(), "codeindex worker").home
-    except ValueError as exc:  # pydantic ValidationError: a bad CODEINDEX_* value
-        raise UsageError(f"invalid setting: {exc}") from None
+    options = {name: value for name, value in (("shard_id", shard_id), ("shard_capacity", capacity),
+                                               ("shard_address", address)) if value is not None}
+    home = require_fleet(read_settings(**options), "codeindex worker").home
     if home is None:
         raise UsageError("set CODEINDEX_HOME to the directory the workers share (vectors, embedding cache)")
     if metrics_port is not None:
-        # Before prometheus-client is imported (by _fleet): the pool's children write their
-        # counters to files there, which the main process adds up (multiprocess mode).
+        # prometheus-client's multiprocess mode is configured by this variable alone, read when
+        # the client is imported, in this process and in the pool's children that inherit it:
+        # they write their counters to files there, which this process adds up.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(home) / "metrics" / f"{os.getpid()}"))
         Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-    settings = _fleet("codeindex worker")
-    from config.celery import Queue, shard_queue
-    from workers.app import app
+    settings = fleet_settings("codeindex worker", **options)
+    from config.celery import Queue, shard_queue  # lazy: see cli.common
+    from workers import worker as worker_process  # lazy: likewise
 
     if metrics_port is not None:
-        from workers import metrics
+        from workers import metrics  # lazy: likewise
 
         metrics.serve(metrics_port, fleet=False)
     _log_at(loglevel)
-    queues = ",".join([shard_queue(settings.shard_id), Queue.EMBED.value, Queue.MAINTENANCE.value])
-    app.worker_main(["worker", "-Q", queues, "-n", f"{settings.shard_id}@%h", "-c", str(concurrency),
-                     "-P", pool, "--loglevel", loglevel, "-E"])
+    worker_process.run([shard_queue(settings.shard_id), Queue.EMBED.value, Queue.MAINTENANCE.value],
+                       node=f"{settings.shard_id}@%h", concurrency=concurrency, pool=pool.value,
+                       loglevel=loglevel.value)
 
 
-def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO") -> None:
+def beat(loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Log level.")] = LogLevel.INFO) -> None:
     """Run the fleet's beat: heartbeat checks every 10 s (offline after 30 s, repositories and
     queued messages moved), rebalancing, retention. Start two for availability: only the
     holder of the Redis lock schedules; the other takes over when it dies."""
-    settings = _fleet("codeindex beat")
+    settings = fleet_settings("codeindex beat")
     if settings.lock_redis_url is None:
         raise UsageError("beat needs Redis for its lock: set CODEINDEX_BROKER_URL=redis://... or CODEINDEX_REDIS_URL")
-    from beat.schedule import beat_config
-    from workers.app import app
+    from beat.schedule import beat_config  # lazy: see cli.common
+    from workers.app import app  # lazy: likewise
 
     _log_at(loglevel)
     app.conf.update(beat_config(settings, settings.lock_redis_url))
-    app.Beat(loglevel=loglevel, scheduler=app.conf.beat_scheduler,
+    app.Beat(loglevel=loglevel.value, scheduler=app.conf.beat_scheduler,
              max_interval=app.conf.beat_max_loop_interval).run()
 
 
@@ -127,27 +107,24 @@ def repo_add(
     json_out: JsonOut = False,
 ) -> None:
     """Add a repository: the ring assigns it to a shard (in a fleet), which indexes it in full."""
-    from indexing.messages import SyncRequest, SyncSummary
-    from tasks.sync import plan
-    from workers import resources
-    from workers.routing import place
+    from cli.output import render_summary  # lazy: see cli.common
+    from config.celery import shard_queue  # lazy: likewise
+    from indexing.messages import SyncRequest, SyncSummary  # lazy: likewise
+    from tasks.sync import plan  # lazy: likewise
+    from workers.runtime import runtime  # lazy: likewise
 
-    from cli.output import render_summary
-
-    root, settings = _setup(path, None)
+    root, settings = setup(path, None)
     rid = repo_id or root.name
-    shard = settings.shard_id
-    if settings.state_url and not settings.eager:
-        shard = place(resources.registry(settings), rid).shard_id
+    shard = runtime().place(rid).shard_id
     request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root=str(root), collection=settings.collection,
                           source="all", trigger="repo-add")
-    result = plan.apply_async(args=[request.model_dump(mode="json")])
+    result = plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(shard))
     if no_wait:
         doc = {"repo_id": rid, "shard_id": shard, "run_id": request.run_id, "task_id": result.id}
-        return _print_json(doc) if json_out else sys.stdout.write(f"{request.run_id}\n")
+        return print_json(doc) if json_out else sys.stdout.write(f"{request.run_id}\n")
     summary = SyncSummary.model_validate(result.get(disable_sync_subtasks=False))
     if json_out:
-        return _print_json({"repo_id": rid, "shard_id": shard, **summary.model_dump(mode="json")})
+        return print_json({"repo_id": rid, "shard_id": shard, **summary.model_dump(mode="json")})
     sys.stdout.write(f"Repository {rid} ({root}) on shard {shard}\n")
     render_summary(summary, sys.stdout, False, summary.seconds)
     if summary.errors:
@@ -157,15 +134,15 @@ def repo_add(
 @repo_app.command("list")
 def repo_list(json_out: JsonOut = False) -> None:
     """List the repositories with their shard, files, chunks and last indexed commit."""
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    _, settings = _setup(None, None)
-    stats = resources.state_store(settings, readonly=True).repo_stats()
-    owners = resources.registry(settings).assignments() if settings.state_url else {}
-    rows = [{**r, "shard_id": owners.get(r["repo_id"], settings.shard_id if not settings.state_url else None)}
-            for r in stats]
+    _, settings = setup(None, None)
+    rt = runtime()
+    owners = rt.registry.assignments() if settings.state_url else {}
+    rows = [{**asdict(r), "shard_id": owners.get(r.repo_id, None if settings.state_url else settings.shard_id)}
+            for r in rt.readonly_state().repo_stats()]
     if json_out:
-        return _print_json(rows)
+        return print_json(rows)
     for r in rows:
         sys.stdout.write(f"{r['repo_id']}  shard={r['shard_id'] or '-'}  files={r['files']}  chunks={r['chunks']}  "
                          f"commit={(r['last_commit'] or '-')[:12]}  {r['root']}\n")
@@ -176,10 +153,10 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
     """List the shards: id, status, capacity, load, heartbeat lag, assigned repositories."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    settings = _fleet("codeindex shards")
-    registry = resources.registry(settings)
+    fleet_settings("codeindex shards")
+    registry = runtime().registry
     owners = registry.assignments()
     rows = []
     for shard in registry.shards():
@@ -189,9 +166,9 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
                      "heartbeat_lag": round(shard.heartbeat_lag(), 1),
                      "registered_at": shard.registered_at.isoformat(), "repos": repos})
     if json_out:
-        return _print_json(rows)
-    from rich.console import Console
-    from rich.table import Table
+        return print_json(rows)
+    from rich.console import Console  # lazy: likewise
+    from rich.table import Table  # lazy: likewise
 
     table = Table("shard", "status", "capacity", "load", "heartbeat lag", "address", "repositories")
     for r in rows:
@@ -204,31 +181,30 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
 def shards_drain(shard_id: Annotated[str, typer.Argument(help="The shard to drain.")], json_out: JsonOut = False) -> None:
     """Drain a shard: no new assignments; its repositories and queued messages move to their
     next owners. The worker keeps running what it has (stop it with SIGTERM)."""
-    from workers import resources
-    from workers.requeue import requeue_from
-    from workers.routing import reassign_from
+    from workers.handover import hand_over  # lazy: see cli.common
+    from workers.registry import ShardStatus  # lazy: likewise
+    from workers.runtime import runtime  # lazy: likewise
 
-    settings = _fleet("codeindex shards drain")
-    registry = resources.registry(settings)
-    registry.set_status(shard_id, "draining")
-    moved = reassign_from(registry, shard_id)
-    messages = requeue_from([shard_id])
-    doc = {"shard_id": shard_id, "status": "draining", "moved": {m.repo_id: m.shard_id for m in moved},
-           "messages_moved": messages}
+    fleet_settings("codeindex shards drain")
+    done = hand_over(runtime(), shard_id, status=ShardStatus.DRAINING)
+    doc = {"shard_id": shard_id, "status": ShardStatus.DRAINING.value,
+           "moved": {m.repo_id: m.shard_id for m in done.moved}, "messages_moved": done.messages}
     if json_out:
-        return _print_json(doc)
-    sys.stdout.write(f"shard {shard_id} draining: {len(moved)} repositories moved, {messages} queued messages moved\n")
-    for m in moved:
+        return print_json(doc)
+    sys.stdout.write(f"shard {shard_id} draining: {len(done.moved)} repositories moved, "
+                     f"{done.messages} queued messages moved\n")
+    for m in done.moved:
         sys.stdout.write(f"  {m.repo_id} -> {m.shard_id}\n")
 
 
 @shards_app.command("activate")
 def shards_activate(shard_id: Annotated[str, typer.Argument(help="The shard to take new assignments again.")]) -> None:
     """Undo a drain: the shard takes new assignments again (rebalancing brings its share back)."""
-    from workers import resources
+    from workers.registry import ShardStatus  # lazy: see cli.common
+    from workers.runtime import runtime  # lazy: likewise
 
-    settings = _fleet("codeindex shards activate")
-    resources.registry(settings).set_status(shard_id, "active")
+    fleet_settings("codeindex shards activate")
+    runtime().registry.set_status(shard_id, ShardStatus.ACTIVE)
     sys.stdout.write(f"shard {shard_id} active\n")
 
 
@@ -238,15 +214,15 @@ def failures(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", m
     """List the dead-letter records of tasks that exhausted their retries (newest first)."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    _, settings = _setup(None, None)
-    records = resources.state_store(settings, readonly=True).failures(limit)
+    setup(None, None)
+    records = runtime().readonly_state().failures(limit)
     if json_out:
-        return _print_json(records)
+        return print_json([asdict(r) for r in records])
     for r in records:
-        replayed = f"  replayed {r['replayed_at']}" if r.get("replayed_at") else ""
-        sys.stdout.write(f"{r['id']}  {r['created_at']}  {r['task']}  run={r['run_id']}  {r['error']}{replayed}\n")
+        replayed = f"  replayed {r.replayed_at}" if r.replayed_at else ""
+        sys.stdout.write(f"{r.id}  {r.created_at}  {r.task}  run={r.run_id}  {r.error}{replayed}\n")
 
 
 @failures_app.command("replay")
@@ -257,21 +233,20 @@ def failures_replay(
     """Re-enqueue the task of a failure record. A failed embedding batch is replayed as a sync
     of its files (a lone batch would upsert without committing); other tasks are sent again
     with their recorded arguments, to their current owner's queue."""
-    import json
+    from workers.app import app  # lazy: see cli.common
+    from workers.deadletter import replay  # lazy: likewise
+    from workers.runtime import runtime  # lazy: likewise
 
-    from tasks.replay import replay
-    from workers import resources
-
-    _, settings = _setup(None, None)
-    state = resources.state_store(settings)
-    record = state.get_failure(failure_id)
+    setup(None, None)
+    rt = runtime()
+    record = rt.state.get_failure(failure_id)
     if record is None:
         raise UsageError(f"no failure record {failure_id}")
-    sent = replay(record["task"], json.loads(record["arguments"]))
-    state.mark_failure_replayed(failure_id)
+    sent = replay(app, rt, record, json.loads(record.arguments))
+    rt.state.mark_failure_replayed(failure_id)
     doc = {"failure_id": failure_id, **sent}
     if json_out:
-        return _print_json(doc)
+        return print_json(doc)
     sys.stdout.write(f"replayed failure {failure_id}: {sent['task']} task {sent['task_id']}\n")
 
 
@@ -279,11 +254,9 @@ def metrics(port: Annotated[int, typer.Option("--port", help="Port of /metrics."
             addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "0.0.0.0") -> None:
     """Serve the fleet's Prometheus metrics (shard load, capacity, heartbeat lag, rebalance
     count, queue depth per queue) until interrupted."""
-    import time
+    from workers import metrics as metrics_mod  # lazy: see cli.common
 
-    from workers import metrics as metrics_mod
-
-    _fleet("codeindex metrics")
+    fleet_settings("codeindex metrics")
     metrics_mod.serve(port, fleet=True, addr=addr)
     try:
         while True:
@@ -292,10 +265,8 @@ def metrics(port: Annotated[int, typer.Option("--port", help="Port of /metrics."
         pass
 
 
-def register(app: typer.Typer, setup: Callable, print_json: Callable) -> None:
-    """Add the fleet commands to the ``codeindex`` app; ``setup``/``print_json`` are cli.main's."""
-    global _setup, _print_json
-    _setup, _print_json = setup, print_json
+def register(app: typer.Typer) -> None:
+    """Add the fleet commands to the ``codeindex`` app."""
     app.command()(worker)
     app.command()(beat)
     app.command()(metrics)

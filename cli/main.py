@@ -8,18 +8,19 @@ input; 3 refused to protect the index (mass delete without --force, another mode
 from __future__ import annotations
 
 import json
-import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from cli import fleet
+from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
 app = typer.Typer(
@@ -30,26 +31,9 @@ app = typer.Typer(
            "4 a dependency failed. Settings: CODEINDEX_* environment variables (see README).",
 )
 
-RootOpt = Annotated[Optional[Path], typer.Option(
-    "--root", help="Repository root (default: the git work tree around the current directory).",
-    file_okay=False, resolve_path=True)]
-CollectionOpt = Annotated[Optional[str], typer.Option(
-    "--collection", help="Target collection (default: CODEINDEX_COLLECTION or 'codeindex').")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
-
-
-def _git_toplevel(start: Path) -> Path | None:
-    try:
-        out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
-
-
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from importlib.metadata import version  # lazy: only --version reads the metadata
 
         sys.stdout.write(f"codeindex {version('codeindex')}\n")
         raise typer.Exit()
@@ -59,49 +43,6 @@ def _version(value: bool) -> None:
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """Keep a semantic (vector) index of git repositories in step with their code."""
-
-
-def _print_json(document: object) -> None:
-    """Write one JSON document (indented) and a newline to standard output."""
-    json.dump(document, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-def _setup(root: Path | None, collection: str | None, verbose: bool = False, repo: str | None = None):
-    """Resolve the repository root, configure settings (home, collection) and the Celery app.
-
-    Embedded mode: the index home is ``<root>/.codeindex`` unless CODEINDEX_HOME says otherwise.
-    Fleet mode (a Redis broker): the home is the fleet's (CODEINDEX_HOME), and a repository
-    named with ``--repo`` that the fleet knows is found at its registered root.
-    """
-    from config import settings as settings_mod
-    from workers import resources
-    from workers.app import apply_settings
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("celery").setLevel(logging.WARNING)
-    try:
-        base = settings_mod.Settings()
-    except Exception as exc:  # pydantic ValidationError: a bad CODEINDEX_* value
-        raise UsageError(f"invalid setting: {exc}") from None
-    registered = None
-    if not base.eager and root is None and repo and base.state_url:
-        record = resources.state_store(base, readonly=True).get_repo(repo)
-        registered = Path(record.root) if record else None
-    repo_root = root or registered or _git_toplevel(Path.cwd()) or Path.cwd()
-    if not repo_root.is_dir():
-        raise UsageError(f"repository root {repo_root} is not a directory")
-    overrides: dict = {} if (not base.eager and base.home) else {"home": base.home_for(repo_root)}
-    if collection:
-        overrides["collection"] = collection
-    try:
-        settings = settings_mod.configure(**overrides)
-        apply_settings(settings)
-    except Exception as exc:  # pydantic ValidationError, or limits that contradict each other
-        raise UsageError(f"invalid setting: {exc}") from None
-    resources.reset()
-    return repo_root.resolve(), settings
 
 
 def _read_input(changes: Path | None) -> str:
@@ -116,8 +57,8 @@ def _read_input(changes: Path | None) -> str:
 def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
               changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
     """Build the sync requests for the chosen change source (one per repository)."""
-    from indexing.changes import parse_json_changes, parse_lines, parse_nul
-    from indexing.messages import SyncRequest
+    from indexing.changes import parse_json_changes, parse_lines, parse_nul  # lazy: see cli.common
+    from indexing.messages import SyncRequest  # lazy: likewise
 
     chosen = [name for name, on in (("--stdin", stdin), ("--changes", changes is not None),
                                     ("--detect-changes", detect), ("--all", scan_all)) if on]
@@ -153,29 +94,38 @@ def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, 
     return [request(root, name, "paths", parsed)]
 
 
+def _send(request):
+    """Place the request's repository (the explicit placement before a send: routing never
+    places; a dry run only asks where it would go), then send its plan task to the owner's
+    queue; the task's AsyncResult."""
+    from config.celery import shard_queue  # lazy: see cli.common
+    from tasks.sync import plan  # lazy: likewise
+    from workers.runtime import runtime  # lazy: likewise
+
+    owner = runtime().place(request.repo_id, dry_run=request.dry_run).shard_id
+    return plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(owner))
+
+
 def _dispatch(request, show_progress: bool) -> dict:
     """Send the plan task and wait for the sync's summary, drawing progress when asked."""
-    from config.settings import get_settings
-    from tasks.sync import plan
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    payload = request.model_dump(mode="json")
     if not show_progress or request.dry_run:
-        return plan.apply_async(args=[payload]).get(disable_sync_subtasks=False)
+        return _send(request).get(disable_sync_subtasks=False)
     box: dict = {}
 
     def work() -> None:
         try:
-            box["result"] = plan.apply_async(args=[payload]).get(disable_sync_subtasks=False)
+            box["result"] = _send(request).get(disable_sync_subtasks=False)
         except BaseException as exc:  # re-raised in the main thread
             box["error"] = exc
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console  # lazy: only a terminal draws progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # lazy: likewise
 
-    state = resources.state_store(get_settings(), readonly=True)
+    state = runtime().readonly_state()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
         bar = progress.add_task(f"indexing {request.repo_id}", total=None)
@@ -192,16 +142,14 @@ def _dispatch(request, show_progress: bool) -> dict:
     return box["result"]
 
 
-def _enqueue(requests, fmt: str) -> None:
+def _enqueue(requests, fmt: OutputFormat) -> None:
     """Send the plan tasks without waiting; print each run id (``--no-wait``)."""
-    from tasks.sync import plan
-
     sent = []
     for request in requests:
-        result = plan.apply_async(args=[request.model_dump(mode="json")])
+        result = _send(request)
         sent.append({"run_id": request.run_id, "task_id": result.id, "repo_id": request.repo_id})
-    if fmt == "json":
-        return _print_json(sent[0] if len(sent) == 1 else {"runs": sent})
+    if fmt is OutputFormat.JSON:
+        return print_json(sent[0] if len(sent) == 1 else {"runs": sent})
     for entry in sent:
         sys.stdout.write(f"{entry['run_id']}\n")
 
@@ -218,7 +166,7 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing anywhere.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow a sync that deletes more than the guard's share (20%) of a repository.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged files, and chunk reuse.")] = False,
-    output: Annotated[Optional[str], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
+    output: Annotated[Optional[OutputFormat], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name). In a fleet, a registered repository is found at its registered root.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Enqueue and print the run id instead of waiting for the summary (a fleet).")] = False,
     root: RootOpt = None,
@@ -230,22 +178,19 @@ def sync(
     Plain `git diff --name-only` lists only the new path of a rename; pipe
     `git diff --name-status` (or use --detect-changes) to have renames and deletions exact.
     """
-    from indexing.messages import SyncSummary
+    from cli.output import render_summary  # lazy: see cli.common
+    from indexing.messages import SyncSummary  # lazy: likewise
 
-    from cli.output import render_summary
-
-    fmt = output or ("json" if json_mode else "text")
-    if fmt not in ("text", "json"):
-        raise UsageError(f"--format must be text or json, not {fmt!r}")
-    repo_root, settings = _setup(root, collection, verbose, repo)
+    fmt = output or (OutputFormat.JSON if json_mode else OutputFormat.TEXT)
+    repo_root, settings = setup(root, collection, verbose, repo)
     requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
                          changes=changes, detect=detect_changes, scan_all=scan_all,
                          delete_missing=delete_missing, dry_run=dry_run, force=force)
     if no_wait:
         return _enqueue(requests, fmt)
-    show_progress = fmt == "text" and sys.stdout.isatty()
+    show_progress = fmt is OutputFormat.TEXT and sys.stdout.isatty()
     summaries = []
-    if fmt == "text":
+    if fmt is OutputFormat.TEXT:
         sys.stdout.write(f"Syncing to collection: {settings.collection}\n")
     for request in requests:
         started = time.monotonic()
@@ -253,13 +198,13 @@ def sync(
         wall = time.monotonic() - started
         summary.seconds = round(wall, 3)
         summaries.append(summary)
-        if fmt == "text":
+        if fmt is OutputFormat.TEXT:
             if len(requests) > 1:
                 sys.stdout.write(f"\nRepository {request.repo_id} ({request.root})\n")
             render_summary(summary, sys.stdout, verbose, wall)
-    if fmt == "json":
+    if fmt is OutputFormat.JSON:
         docs = [s.model_dump(mode="json") for s in summaries]
-        _print_json(docs[0] if len(docs) == 1 else {"repositories": docs})
+        print_json(docs[0] if len(docs) == 1 else {"repositories": docs})
     if any(s.errors for s in summaries):
         raise typer.Exit(1)
 
@@ -277,18 +222,17 @@ def search(
 
     The query is embedded with the model the collection was built with.
     """
-    from indexing.embedders import embedder_for_model
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    _, settings = _setup(root, collection)
-    state = resources.state_store(settings, readonly=True)
-    meta = state.collection_meta(settings.collection)
+    _, settings = setup(root, collection)
+    rt = runtime()
+    meta = rt.readonly_state().collection_meta(settings.collection)
     if meta is None:
         raise UsageError(f"collection {settings.collection!r} is empty: run `codeindex sync --all` first")
-    embedder = embedder_for_model(meta.embedding_model, settings.model_batch_size)
-    hits = resources.vector_store(settings, settings.collection).search(embedder.embed([query])[0], k, repo)
+    embedder = rt.embedder_for_model(meta.embedding_model)
+    hits = rt.vector_store(settings.collection).search(embedder.embed([query])[0], k, repo)
     if json_out:
-        return _print_json([{name: getattr(h, name) for name in h.__slots__} for h in hits])
+        return print_json([{name: getattr(h, name) for name in h.__slots__} for h in hits])
     for rank, hit in enumerate(hits, 1):
         sys.stdout.write(f"{rank:>2}. {hit.path}:{hit.start_line}-{hit.end_line}  score={hit.score:.3f}  repo={hit.repo}\n")
         for line in hit.content.splitlines()[:3]:
@@ -298,30 +242,31 @@ def search(
 @app.command()
 def status(json_out: JsonOut = False, root: RootOpt = None, collection: CollectionOpt = None) -> None:
     """Show the indexed repositories: files, chunks, last indexed commit, model."""
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    _, settings = _setup(root, collection)
-    state = resources.state_store(settings, readonly=True)
+    _, settings = setup(root, collection)
+    rt = runtime()
+    state = rt.readonly_state()
     meta = state.collection_meta(settings.collection)
     repos = state.repo_stats()
     doc = {
         "home": str(settings.home), "collection": settings.collection,
         "embedding_model": meta.embedding_model if meta else None, "dimension": meta.dimension if meta else None,
-        "objects": resources.vector_store(settings, settings.collection).count() if meta else 0,
-        "repositories": repos,
+        "objects": rt.vector_store(settings.collection).count() if meta else 0,
+        "repositories": [asdict(r) for r in repos],
     }
     if json_out:
-        return _print_json(doc)
-    from rich.console import Console
-    from rich.table import Table
+        return print_json(doc)
+    from rich.console import Console  # lazy: likewise
+    from rich.table import Table  # lazy: likewise
 
     console = Console()
     console.print(f"Index: {doc['home']}  collection: {doc['collection']}  "
                   f"model: {doc['embedding_model'] or '-'}  objects: {doc['objects']}")
     table = Table("repo", "files", "chunks", "size", "last commit", "root")
     for r in repos:
-        table.add_row(r["repo_id"], str(r["files"]), str(r["chunks"]), f"{r['bytes'] / 1024:.1f}kb",
-                      (r["last_commit"] or "-")[:12], r["root"])
+        table.add_row(r.repo_id, str(r.files), str(r.chunks), f"{r.bytes / 1024:.1f}kb",
+                      (r.last_commit or "-")[:12], r.root)
     console.print(table)
 
 
@@ -332,10 +277,10 @@ def export(
     collection: CollectionOpt = None,
 ) -> None:
     """Stream every object of the index as JSON lines, sorted by id."""
-    from workers import resources
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    _, settings = _setup(root, collection)
-    store = resources.vector_store(settings, settings.collection)
+    _, settings = setup(root, collection)
+    store = runtime().vector_store(settings.collection)
     write = sys.stdout.write
     for obj in store.export(with_vectors=vectors):
         write(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
@@ -345,14 +290,12 @@ def export(
 def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
          root: RootOpt = None) -> None:
     """List the latest sync runs with their counts and status."""
-    from dataclasses import asdict
+    from workers.runtime import runtime  # lazy: see cli.common
 
-    from workers import resources
-
-    _, settings = _setup(root, None)
-    records = resources.state_store(settings, readonly=True).list_runs(limit)
+    setup(root, None)
+    records = runtime().readonly_state().list_runs(limit)
     if json_out:
-        return _print_json([asdict(r) for r in records])
+        return print_json([asdict(r) for r in records])
     for r in records:
         sys.stdout.write(f"{r.id}  {r.repo_id}  {r.status:<9}  +{r.added} ~{r.updated} -{r.deleted} "
                          f"={r.unchanged} skip {r.skipped} err {r.errors}  {r.started_at}"
@@ -364,8 +307,8 @@ def main() -> None:
 
     Click (standalone mode) prints usage errors itself and exits with 2.
     """
-    from celery.exceptions import ChordError
-    from kombu.exceptions import OperationalError
+    from celery.exceptions import ChordError  # lazy: see cli.common
+    from kombu.exceptions import OperationalError  # lazy: likewise
 
     try:
         app()
@@ -383,9 +326,7 @@ def main() -> None:
         sys.exit(4)
 
 
-from cli import fleet  # noqa: E402  (registers worker, beat, repo, shards, failures, metrics)
-
-fleet.register(app, _setup, _print_json)
+fleet.register(app)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
-"""The Celery configuration: queue names, routes, acknowledgement and time limits.
+"""The Celery configuration: queue names, the router, acknowledgement and the broker's limits.
 
 Queues are named here and only here (PostHog's ``CeleryQueue`` enum is the model); the
-queue of shard X is ``shard.X``, produced by :func:`shard_queue`.
+queue of shard X is ``shard.X``, produced by :func:`shard_queue`. Which queue, retries and
+time limits each kind of task gets is the table of :mod:`config.kinds`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from config.settings import Settings
 
 
 class Queue(StrEnum):
-    """Every queue a codeindex worker may consume."""
+    """The queues every worker consumes, beside its own ``shard.<id>`` (:func:`shard_queue`)."""
 
-    DEFAULT = "shard.local"  # the single shard of the embedded mode
     EMBED = "embed"  # embedding batches (chord headers): any worker
-    MAINTENANCE = "maintenance"  # beat's jobs
+    MAINTENANCE = "maintenance"  # beat's jobs, chord error callbacks, cleanup
 
 
 def shard_queue(shard_id: str) -> str:
@@ -40,6 +40,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
     - the visibility timeout exceeds the hard time limit and every retry delay, so a message
       is redelivered only when its worker is really gone;
     - results (and a chord's counter) outlive the longest chord;
+    - a message no router claims goes to ``maintenance``, which every worker reads, so an
+      unknown task is reported by a worker instead of waiting in a queue nobody reads;
     - a worker that loses its broker connection cancels its long-running tasks, which are
       redelivered, instead of finishing work whose acknowledgement can no longer arrive.
 
@@ -64,7 +66,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": settings.task_soft_time_limit,
-        "task_default_queue": Queue.DEFAULT.value,
+        "task_default_queue": Queue.MAINTENANCE.value,
         "task_routes": (ROUTER,),
         "task_create_missing_queues": True,
         # kombu's Redis transport puts an unacknowledged message back on its queue once it is

@@ -191,7 +191,7 @@ def git_changes(root: Path, since: str, until: str = "HEAD") -> list[Change]:
     ``root`` is not a git repository, a commit is unknown (history rewritten since the last
     sync) or git does not answer in time.
     """
-    import git  # GitPython; imported here so the parsers stay light
+    import git  # lazy: GitPython (0.07 s) only when git is asked; the parsers stay light
 
     try:
         repo = git.Repo(root)
@@ -206,7 +206,7 @@ def git_changes(root: Path, since: str, until: str = "HEAD") -> list[Change]:
 
 def head_commit(root: Path) -> str | None:
     """Return the HEAD commit sha of ``root``, or None when it is not a git repository or has no commit."""
-    import git
+    import git  # lazy: see git_changes
 
     try:
         return git.Repo(root).head.commit.hexsha
@@ -216,7 +216,7 @@ def head_commit(root: Path) -> str | None:
 
 def commit_exists(root: Path, sha: str) -> bool:
     """True when commit ``sha`` exists in the repository at ``root``."""
-    import git
+    import git  # lazy: see git_changes
 
     try:
         git.Repo(root).commit(sha)

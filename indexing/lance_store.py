@@ -5,20 +5,19 @@ Concurrent writers: Lance commits optimistically and does not detect two concurr
 ``merge_insert`` calls that plan the same key (lance-format/lance#4585, #8949; lancedb#2463:
 "serialize concurrent writes at the application layer"); both commit and the key is stored
 twice (tests/fleet/test_faults.py saw 943 rows for 885 ids). So every write to a table on a
-local (shared) path holds an exclusive ``flock`` on ``<uri>/.<collection>.write.lock`` and
-works on the latest version; reads take no lock and always see the latest version
-(``read_consistency_interval=0``).
+local (shared) path holds an exclusive file lock (filelock, ``flock``) on
+``<uri>/.<collection>.write.lock`` and works on the latest version; reads take no lock and
+always see the latest version (``read_consistency_interval=0``).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import filelock
 import numpy as np
 
 from indexing.errors import StoreError
@@ -27,6 +26,8 @@ from indexing.store import EXPORT_FIELDS, SearchHit, VectorObject
 _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
                "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
 _SQL_BATCH = 1000
+#: Seconds a writer waits for another process's write to the same table before giving up.
+WRITE_LOCK_TIMEOUT = 300.0
 
 
 def _in_lists(values: Sequence[str]) -> Iterator[str]:
@@ -55,7 +56,7 @@ class LanceDBStore:
     def _db(self):
         """The LanceDB connection, opened on first use (the import alone costs about a second)."""
         if self._conn is None:
-            import lancedb
+            import lancedb  # lazy: about a second to import (see the docstring)
 
             try:
                 # Always read the latest version: other processes write the same table.
@@ -73,19 +74,21 @@ class LanceDBStore:
             yield table
             return
         path = Path(self.uri.removeprefix("file://")) / f".{self.collection}.write.lock"
+        lock = filelock.FileLock(path, timeout=WRITE_LOCK_TIMEOUT, mode=0o644)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            lock.acquire()
+        except filelock.Timeout:
+            raise StoreError(f"another process held the write lock {path} for {WRITE_LOCK_TIMEOUT:.0f}s") from None
         except OSError as exc:
             raise StoreError(f"cannot open the write lock {path}: {exc.strerror}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             table.checkout_latest()
             yield table
         finally:
-            os.close(fd)  # closing releases the lock
+            lock.release()
 
     def _schema(self, dimension: int):
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: with LanceDB, only when the store is used
 
         return pa.schema([
             pa.field("id", pa.string(), nullable=False),
@@ -122,7 +125,7 @@ class LanceDBStore:
     def upsert(self, objects: Sequence[VectorObject]) -> int:
         if not objects:
             return 0
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: see _schema
 
         dimension = int(np.asarray(objects[0].vector).shape[0])
         columns = {name: [getattr(o, name) for o in objects] for name in _PROPERTIES}
@@ -172,12 +175,6 @@ class LanceDBStore:
             return query.limit(None).to_arrow()
         except Exception as exc:
             raise StoreError(f"scan of {self.collection} failed: {exc}") from exc
-
-    def list_ids(self, repo: str) -> dict[str, str]:
-        data = self._scan(["id", "content_sha256"], f"repo = {_quote(repo)}")
-        if data is None:
-            return {}
-        return dict(zip(data.column("id").to_pylist(), data.column("content_sha256").to_pylist()))
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from indexing.state import RunStatus
+
 
 class Action(StrEnum):
     """The decision the planner takes for one path (the sync spec's output tags)."""
@@ -37,6 +39,10 @@ class SyncRequest(BaseModel):
     force: bool = False
     trigger: str = "cli"
     hops: int = Field(default=0, ge=0, description="Times a plan was forwarded to a new owner.")
+
+    def forwarded(self) -> SyncRequest:
+        """This request, counted as forwarded once more to another shard."""
+        return self.model_copy(update={"hops": self.hops + 1})
 
 
 class PlannedFile(BaseModel):
@@ -95,6 +101,7 @@ class CommitJob(RunContext):
     verify_store: bool = False
     trigger: str
     started_at: str
+    files_total: int = Field(default=0, ge=0, description="Files sent to the embedding batches.")
     files: list[PlannedFile]
 
 
@@ -104,7 +111,7 @@ class SyncSummary(BaseModel):
     run_id: str
     repo_id: str
     collection: str
-    status: str
+    status: RunStatus
     dry_run: bool = False
     added: int = 0
     updated: int = 0
@@ -120,3 +127,20 @@ class SyncSummary(BaseModel):
     commit: str = ""
     message: str = ""
     files: list[PlannedFile] = Field(default_factory=list)
+
+
+def _field_of(name: str, args, kwargs) -> str | None:
+    for value in [*(args or ()), *((kwargs or {}).values())]:
+        if isinstance(value, dict) and isinstance(value.get(name), str):
+            return value[name]
+    return None
+
+
+def repo_id_of(args: list | tuple | None, kwargs: dict | None) -> str | None:
+    """The ``repo_id`` a task's JSON arguments carry (a SyncRequest, CommitJob or BatchJob), or None."""
+    return _field_of("repo_id", args, kwargs)
+
+
+def run_id_of(args: list | tuple | None, kwargs: dict | None) -> str | None:
+    """The ``run_id`` a task's JSON arguments carry, or None."""
+    return _field_of("run_id", args, kwargs)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -63,14 +64,25 @@ class FileState:
     indexed_at: str
 
 
+class RunStatus(StrEnum):
+    """Where a sync run stands. ``partial``: some files failed (reported), the rest went in;
+    ``dry-run`` is the status of a summary that wrote nothing (never stored)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    DRY_RUN = "dry-run"
+
+
 @dataclass(slots=True)
 class RunRecord:
-    """One sync run and its counts; ``status`` is running, succeeded, partial or failed."""
+    """One sync run and its counts."""
 
     id: str
     repo_id: str
     trigger: str
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     added: int = 0
     updated: int = 0
     deleted: int = 0
@@ -84,6 +96,37 @@ class RunRecord:
     finished_at: str | None = None
     message: str = ""
     shard_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """A dead-letter record: a task that failed for good, its JSON ``arguments``
+    (``{"args": [...], "kwargs": {...}}``) and error text; ``replayed_at`` once re-enqueued."""
+
+    id: int
+    run_id: str | None
+    task: str
+    arguments: str
+    error: str
+    created_at: str
+    replayed_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoStats:
+    """One repository of the index: its root, collection, last indexed commit, and how many
+    files, chunks and bytes are indexed."""
+
+    repo_id: str
+    root: str
+    collection: str
+    last_commit: str | None
+    files: int
+    chunks: int
+    bytes: int
 
 
 class StateStore(Protocol):
@@ -142,13 +185,12 @@ class StateStore(Protocol):
         """Add a dead-letter record: the task name, its JSON arguments and the error text."""
         ...
 
-    def failures(self, limit: int = 20) -> list[dict]:
-        """The newest dead-letter records first: id, run_id, task, arguments (JSON text),
-        error, created_at, replayed_at (None until replayed)."""
+    def failures(self, limit: int = 20) -> list[FailureRecord]:
+        """The newest dead-letter records first."""
         ...
 
-    def get_failure(self, failure_id: int) -> dict | None:
-        """One dead-letter record (the shape :meth:`failures` gives), or None."""
+    def get_failure(self, failure_id: int) -> FailureRecord | None:
+        """One dead-letter record, or None."""
         ...
 
     def mark_failure_replayed(self, failure_id: int) -> None:
@@ -159,10 +201,18 @@ class StateStore(Protocol):
         """Retention: delete finished runs started before ISO-8601 ``cutoff``; return how many."""
         ...
 
-    def repo_stats(self) -> list[dict]:
-        """Per repository: repo_id, root, collection, last_commit, files, chunks, bytes."""
+    def repo_stats(self) -> list[RepoStats]:
+        """Every repository, sorted by id."""
         ...
 
+
+FAILURE_COLUMNS = "id, run_id, task, arguments, error, created_at, replayed_at"
+#: Both stores answer :meth:`StateStore.repo_stats` with this query.
+REPO_STATS_SQL = (
+    "SELECT r.repo_id, r.root, r.collection, r.last_commit, COUNT(f.path) AS files, "
+    "CAST(COALESCE(SUM(f.chunk_count), 0) AS bigint) AS chunks, CAST(COALESCE(SUM(f.size), 0) AS bigint) AS bytes "
+    "FROM repos r LEFT JOIN files f ON f.repo_id = r.repo_id GROUP BY r.repo_id, r.root, r.collection, "
+    "r.last_commit ORDER BY r.repo_id")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -368,13 +418,14 @@ class SQLiteStateStore:
             conn.execute("INSERT INTO failures (run_id, task, arguments, error, created_at) VALUES (?, ?, ?, ?, ?)",
                          [run_id, task, json.dumps(arguments, sort_keys=True, default=str), error, utcnow()])
 
-    def failures(self, limit: int = 20) -> list[dict]:
+    def failures(self, limit: int = 20) -> list[FailureRecord]:
         """The newest dead-letter records, newest first."""
-        return [dict(r) for r in self._query("SELECT * FROM failures ORDER BY id DESC LIMIT ?", [limit])]
+        return [FailureRecord(**dict(r)) for r in self._query(
+            f"SELECT {FAILURE_COLUMNS} FROM failures ORDER BY id DESC LIMIT ?", [limit])]
 
-    def get_failure(self, failure_id: int) -> dict | None:
-        rows = self._query("SELECT * FROM failures WHERE id = ?", [failure_id])
-        return dict(rows[0]) if rows else None
+    def get_failure(self, failure_id: int) -> FailureRecord | None:
+        rows = self._query(f"SELECT {FAILURE_COLUMNS} FROM failures WHERE id = ?", [failure_id])
+        return FailureRecord(**dict(rows[0])) if rows else None
 
     def mark_failure_replayed(self, failure_id: int) -> None:
         with self._tx() as conn:
@@ -382,12 +433,9 @@ class SQLiteStateStore:
 
     def delete_runs_before(self, cutoff: str) -> int:
         with self._tx() as conn:
-            return conn.execute("DELETE FROM sync_runs WHERE started_at < ? AND status != 'running'",
-                                [cutoff]).rowcount
+            return conn.execute("DELETE FROM sync_runs WHERE started_at < ? AND status != ?",
+                                [cutoff, RunStatus.RUNNING]).rowcount
 
-    def repo_stats(self) -> list[dict]:
-        """Per repository: id, root, collection, last commit, files and chunks indexed."""
-        return [dict(r) for r in self._query(
-            "SELECT r.repo_id, r.root, r.collection, r.last_commit, COUNT(f.path) AS files, "
-            "COALESCE(SUM(f.chunk_count), 0) AS chunks, COALESCE(SUM(f.size), 0) AS bytes "
-            "FROM repos r LEFT JOIN files f ON f.repo_id = r.repo_id GROUP BY r.repo_id ORDER BY r.repo_id")]
+    def repo_stats(self) -> list[RepoStats]:
+        """Every repository with its files, chunks and bytes indexed, sorted by id."""
+        return [RepoStats(**dict(r)) for r in self._query(REPO_STATS_SQL)]

@@ -1,5 +1,5 @@
 """The vector store interface, shaped like the provider interface of seed 003
-(ensure the store, upsert, delete, list, search, count) so that LanceDB, and Weaviate next,
+(ensure the store, upsert, delete, search, count) so that LanceDB, and Weaviate next,
 fit behind it.
 
 Every write carries a fencing token (``fence``): an object already written with a newer
@@ -68,10 +68,6 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Sequence[str], fence: int) -> None:
         """Delete the objects ``ids`` whose fence is at most ``fence``."""
-        ...
-
-    def list_ids(self, repo: str) -> dict[str, str]:
-        """Return ``{id: content_sha256}`` of every object of ``repo``."""
         ...
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:

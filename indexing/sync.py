@@ -1,20 +1,27 @@
-"""The sync itself, in three steps that the tasks wrap (DESIGN.md, "Sync, step by step"):
+"""The sync itself, in three steps, each one function a task calls (DESIGN.md, "Sync, step by step"):
 
-1. :func:`plan_sync` reads the change source, filters, compares hashes with the state and
-   decides ADD / UPDATE / DELETE / UNCHANGED per path;
-2. :func:`index_batch` reads, chunks, embeds (through the cache) and upserts one batch;
-3. :func:`commit_sync` deletes tails and deleted files, records file state and the run.
+1. :func:`prepare_sync` locks the repository, grants a fencing token and plans
+   (:func:`plan_sync`: read the change source, filter, compare hashes with the state, decide
+   ADD / UPDATE / DELETE / UNCHANGED per path), then builds the batch and commit messages;
+2. :func:`embed_batch` reads, chunks, embeds (through the cache) and upserts one batch
+   (:func:`index_batch`);
+3. :func:`finish_sync` deletes tails and deleted files, records file state and the run
+   (:func:`commit_sync`).
 
 Writes go in before deletes; deletes only for files named deleted, or with
 ``--delete-missing``; a sync deleting more than the configured share needs ``--force``.
+What the steps talk to comes from the caller as a :class:`SyncEnvironment`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from indexing.changes import Change, ChangeKind, commit_exists, git_changes, head_commit
 from indexing.chunking import chunk_text
@@ -24,11 +31,11 @@ from indexing.errors import FileIssue, MassDeleteError, ModelMismatchError, Repo
 from indexing.ids import object_id, sha256_hex
 from indexing.languages import language_of
 from indexing.messages import (
-    Action, BatchJob, CommitJob, FileResult, PlannedFile, SyncRequest, SyncSummary,
+    Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
 from indexing.paths import relative_path
 from indexing.scanner import FileFilter, decode, read_file, walk
-from indexing.state import CollectionMeta, FileState, RunRecord, StateStore, utcnow
+from indexing.state import CollectionMeta, FileState, RunRecord, RunStatus, StateStore, utcnow
 from indexing.store import VectorObject, VectorStore
 
 
@@ -69,6 +76,113 @@ class Plan:
         if current:
             out.append(current)
         return out
+
+
+class SyncEnvironment(Protocol):
+    """What the sync's steps need from the process that runs them; ``workers.runtime.Runtime``
+    is the implementation, tests may give their own."""
+
+    @property
+    def state(self) -> StateStore: ...
+
+    def readonly_state(self) -> StateStore: ...
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache: ...
+
+    def vector_store(self, collection: str) -> VectorStore: ...
+
+    def repo_lock(self, repo_id: str) -> AbstractContextManager: ...
+
+    def file_filter(self, root: Path) -> FileFilter: ...
+
+    @property
+    def limits(self) -> PlanLimits: ...
+
+    @property
+    def shard_id(self) -> str: ...
+
+
+@dataclass(slots=True)
+class PreparedSync:
+    """What :func:`prepare_sync` made of a request: the plan, the run it started, and the
+    messages of the embedding chord (``batch_jobs``, then ``commit_job``). ``summary`` is set
+    instead when nothing is left to embed: a dry run, or a plan that was committed at once."""
+
+    plan: Plan
+    run: RunRecord | None = None
+    commit_job: CommitJob | None = None
+    batch_jobs: list[BatchJob] = field(default_factory=list)
+    summary: SyncSummary | None = None
+
+
+def prepare_sync(request: SyncRequest, env: SyncEnvironment) -> PreparedSync:
+    """Plan ``request`` under the repository's lock and start its run.
+
+    A dry run plans on a read-only state and returns its summary, writing nothing. Otherwise a
+    fencing token is granted under the lock, the plan is made, the run recorded, and the
+    embedding batches and the commit job returned; a plan with nothing to embed is committed
+    here and its summary returned.
+    Raises :class:`ModelMismatchError`, :class:`MassDeleteError`, :class:`RepositoryError`,
+    LockTimeoutError and StoreError (from the lock and the stores).
+    """
+    started = utcnow()
+    root = Path(request.root)
+    if request.dry_run:
+        state = env.readonly_state()
+        check_model(state, request.collection, env.embedder)
+        plan = plan_sync(request, state, env.file_filter(root), env.limits)
+        return PreparedSync(plan, summary=summarize_plan(request, plan, seconds_since(started)))
+    state = env.state
+    with env.repo_lock(request.repo_id):
+        check_model(state, request.collection, env.embedder)
+        previous = state.get_repo(request.repo_id)
+        fence = state.grant_fence(request.repo_id, request.root, request.collection)
+        plan = plan_sync(request, state, env.file_filter(root), env.limits)
+    batches = plan.batches(env.limits.batch_files, env.limits.batch_bytes)
+    total = sum(len(b) for b in batches)
+    run = RunRecord(id=request.run_id, repo_id=request.repo_id, trigger=request.trigger, started_at=started,
+                    files_total=total, message=plan.note, shard_id=env.shard_id)
+    state.start_run(run)
+    context = RunContext(run_id=request.run_id, repo_id=request.repo_id, root=request.root,
+                         collection=request.collection, fence=fence, commit=plan.commit)
+    job = CommitJob(**context.model_dump(), advance_commit=plan.advance_commit, trigger=request.trigger,
+                    started_at=started, files_total=total, files=plan.files,
+                    verify_store=previous is not None and previous.fence > previous.committed_fence)
+    if not batches:
+        return PreparedSync(plan, run, job, summary=finish_sync(job, [], env))
+    record_model(state, request.collection, env.embedder)
+    return PreparedSync(plan, run, job, [BatchJob(**context.model_dump(), files=files) for files in batches])
+
+
+def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
+    """Index one batch (:func:`index_batch`) and count its files as done in the run."""
+    results = index_batch(job, env.vector_store(job.collection), env.embedding_cache, env.embedder,
+                          env.limits.max_file_size)
+    env.state.advance_run(job.run_id, len(job.files))
+    return results
+
+
+def finish_sync(job: CommitJob, results: list[FileResult], env: SyncEnvironment) -> SyncSummary:
+    """Commit the batches' ``results`` under the repository's lock (:func:`commit_sync`) and
+    record the finished run; the run's summary.
+    Raises :class:`StaleFenceError` when a newer sync of the repository committed first."""
+    state = env.state
+    with env.repo_lock(job.repo_id):
+        summary = commit_sync(job, results, state, env.vector_store(job.collection))
+    summary.seconds = seconds_since(job.started_at)
+    record = run_record(summary, job.trigger, job.started_at, job.files_total)
+    record.shard_id = env.shard_id
+    state.finish_run(record)
+    return summary
+
+
+def seconds_since(iso: str) -> float:
+    """Seconds from the ISO-8601 time ``iso`` (as :func:`~indexing.state.utcnow` writes it) to now."""
+    return round((datetime.fromisoformat(utcnow()) - datetime.fromisoformat(iso)).total_seconds(), 3)
 
 
 def check_model(state: StateStore, collection: str, embedder: Embedder) -> None:
@@ -260,8 +374,8 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
     stale_ids: list[str] = []
     upserts: list[FileState] = []
     deletes: list[str] = []
-    summary = SyncSummary(run_id=job.run_id, repo_id=job.repo_id, collection=job.collection, status="succeeded",
-                          commit=job.commit)
+    summary = SyncSummary(run_id=job.run_id, repo_id=job.repo_id, collection=job.collection,
+                          status=RunStatus.SUCCEEDED, commit=job.commit)
     now = utcnow()
     for entry in job.files:  # parsed for this commit alone: final actions are written in place
         keep = None
@@ -288,7 +402,7 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
     advance = job.commit if job.advance_commit and summary.errors == 0 else None
     state.commit_files(job.repo_id, job.fence, upserts, deletes, advance)
     summary.files = job.files
-    summary.status = "partial" if summary.errors else "succeeded"
+    summary.status = RunStatus.PARTIAL if summary.errors else RunStatus.SUCCEEDED
     return summary
 
 
@@ -312,7 +426,7 @@ def _count(summary: SyncSummary, entry: PlannedFile) -> None:
 def summarize_plan(request: SyncRequest, plan: Plan, seconds: float) -> SyncSummary:
     """The summary of a plan that is not carried out (``--dry-run``), or needs no embedding."""
     summary = SyncSummary(run_id=request.run_id, repo_id=request.repo_id, collection=request.collection,
-                          status="dry-run" if request.dry_run else "succeeded", dry_run=request.dry_run,
+                          status=RunStatus.DRY_RUN if request.dry_run else RunStatus.SUCCEEDED, dry_run=request.dry_run,
                           commit=plan.commit, message=plan.note, seconds=seconds)
     for entry in plan.files:
         _count(summary, entry)

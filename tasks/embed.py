@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from config.settings import get_settings
+from config.kinds import TaskKind
 from indexing.messages import BatchJob
-from indexing.sync import index_batch
-from workers import resources
+from indexing.sync import embed_batch
 from workers.app import codeindex_task
+from workers.runtime import runtime
 
 
-@codeindex_task("codeindex.embed.batch")
+@codeindex_task("codeindex.embed.batch", kind=TaskKind.EMBED)
 def batch(self, job: dict) -> list[dict]:
     """Read, chunk, embed and upsert one :class:`BatchJob`; return its file results."""
-    work = BatchJob.model_validate(job)
-    settings = get_settings()
-    results = index_batch(work, resources.vector_store(settings, work.collection),
-                          resources.embedding_cache(settings), resources.embedder(settings), settings.max_file_size)
-    resources.state_store(settings).advance_run(work.run_id, len(work.files))
+    results = embed_batch(BatchJob.model_validate(job), runtime())
     return [r.model_dump(mode="json") for r in results]

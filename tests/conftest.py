@@ -64,15 +64,15 @@ def real_repo(tmp_path: Path) -> Path:
 def index_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An embedded index in a temporary home, with the feature-hashing embedder."""
     from config.settings import configure
-    from workers import resources
+    from workers import runtime
     from workers.app import apply_settings
 
     home = tmp_path / "home"
     settings = configure(home=home, embedder="hashing")
-    resources.reset()
+    runtime.reset()
     apply_settings(settings)
     yield home
-    resources.reset()
+    runtime.reset()
 
 
 def sync(root: Path, source: str = "paths", changes=(), repo_id: str = "repo", **options) -> dict:
@@ -89,10 +89,9 @@ def sync(root: Path, source: str = "paths", changes=(), repo_id: str = "repo", *
 def export_index(home: Path | None = None) -> list[dict]:
     """Every object of the current index, sorted by id (the ``codeindex export`` view)."""
     from config.settings import get_settings
-    from workers import resources
+    from workers.runtime import runtime
 
-    settings = get_settings()
-    return list(resources.vector_store(settings, settings.collection).export())
+    return list(runtime().vector_store(get_settings().collection).export())
 
 
 # ---------------------------------------------------------------------------------------------

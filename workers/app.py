@@ -1,54 +1,52 @@
 """The Celery application and the task policy every codeindex task shares.
 
-Retries, backoff, acknowledgement and the dead-letter record are set once, on
-:class:`CodeindexTask`, as Sentry's ``instrumented_task`` does; a task definition reads as
-a declaration (``@codeindex_task("codeindex.sync.plan")``).
+A task declares its stable name and its kind, ``@codeindex_task("codeindex.sync.plan",
+kind=TaskKind.REPO)``; retries, backoff, time limits, acknowledgement and the dead-letter
+record come from the kind's row in :data:`config.kinds.TASK_KINDS`, set once per kind as
+Sentry's ``instrumented_task`` does.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery import Celery, Task
 from celery.result import allow_join_result
 
 from config.celery import celery_config
+from config.kinds import TaskKind, TaskPolicy, task_policy
 from config.settings import Settings, get_settings
 from indexing.errors import CodeindexError, LockTimeoutError, StoreError, SyncFailedError
+from workers import deadletter
+from workers.runtime import runtime
 
 log = logging.getLogger("codeindex.tasks")
 
-app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards"])
+#: Transient failures: retried with backoff up to the kind's ``max_retries``.
+RETRIED = (StoreError, LockTimeoutError)
+
+app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards", "tasks.cleanup"])
 app.conf.update(celery_config(get_settings()))
-
-# Signal handlers of fleet workers (registration, heartbeat, drain) and of metrics.
-from workers import lifecycle, metrics  # noqa: E402,F401  (connects Celery signals)
-
-
-def apply_settings(settings: Settings) -> None:
-    """Re-read the Celery configuration from ``settings`` (the CLI calls it after its options)."""
-    app.conf.update(celery_config(settings))
 
 
 class CodeindexTask(Task):
-    """Base of every codeindex task: transient failures retry with exponential backoff and
-    jitter (each delay capped well below the broker's visibility timeout), idempotent work
-    acknowledges late, and a task that exhausts its retries leaves a failure record."""
+    """Base of every codeindex task: the policy of its kind (:attr:`kind`), transient failures
+    retried with exponential backoff and full jitter (Celery's ``autoretry_for``), and a
+    failure record for kinds that keep dead letters."""
 
-    acks_late = True
-    reject_on_worker_lost = True
-    autoretry_for = (StoreError, LockTimeoutError)
+    kind: TaskKind
+    policy: TaskPolicy
+    autoretry_for = RETRIED
     retry_backoff = 2
     retry_jitter = True
 
-    @property
-    def max_retries(self) -> int:  # read per call: settings may change after import (CLI, tests)
-        return get_settings().max_retries
-
-    @property
-    def retry_backoff_max(self) -> int:
-        """Longest retry delay; celery_config checks it stays below the visibility timeout."""
-        return get_settings().retry_backoff_max
+    def apply_policy(self, policy: TaskPolicy) -> None:
+        """Take the retry count, time limits and acknowledgement of ``policy``."""
+        self.policy = policy
+        self.max_retries = policy.max_retries
+        self.time_limit, self.soft_time_limit = policy.time_limit, policy.soft_time_limit
+        self.acks_late = self.reject_on_worker_lost = policy.acks_late
 
     def on_replace(self, sig):
         """Run the replacing signature; in eager mode its results already exist when read,
@@ -64,12 +62,39 @@ class CodeindexTask(Task):
         return super().on_replace(sig)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: D401 - Celery hook
-        """Record the dead-letter entry and mark the run failed."""
-        from tasks.failures import record_task_failure
+        """Record the dead letter (kinds that keep them) and mark the run failed."""
+        if self.policy.dead_letter:
+            deadletter.record_task_failure(runtime(), self.name, args, kwargs, exc)
+        else:
+            log.error("task %s[%s] failed: %s: %s", self.name, task_id, type(exc).__name__, exc)
 
-        record_task_failure(self.name, args, kwargs, exc)
+
+def codeindex_task(name: str, *, kind: TaskKind):
+    """Declare a codeindex task: ``name`` is its stable name (shown in Flower), ``kind`` its row
+    in the task-kind table, which sets its queue, retries, limits and acknowledgement."""
+    policy = task_policy(kind, get_settings())
+    return app.task(name=name, base=CodeindexTask, bind=True, kind=kind, policy=policy,
+                    max_retries=policy.max_retries, retry_backoff_max=policy.retry_backoff_max,
+                    time_limit=policy.time_limit, soft_time_limit=policy.soft_time_limit,
+                    acks_late=policy.acks_late, reject_on_worker_lost=policy.acks_late)
 
 
-def codeindex_task(name: str, **options):
-    """Declare a codeindex task: ``name`` is its stable name (shown in Flower)."""
-    return app.task(name=name, base=CodeindexTask, bind=True, **options)
+def apply_settings(settings: Settings) -> None:
+    """Re-read the Celery configuration and every task's policy from ``settings`` (the CLI
+    calls it after its options, tests after theirs). Raises ValueError for limits that
+    contradict each other (``config.celery.celery_config``)."""
+    before = (app.conf.broker_url, app.conf.result_backend)
+    app.conf.update(celery_config(settings))
+    if (app.conf.broker_url, app.conf.result_backend) != before:
+        # Once used, Celery keeps the connection pool of the broker and the result backend it
+        # had then; a process that changes them (tests switch between the embedded mode and a
+        # fleet) must not go on talking to the old ones. Celery has no public reset: these are
+        # what its own after-fork handler clears, and where it caches the backend.
+        app._pool = None
+        if "amqp" in app.__dict__:
+            app.amqp._producer_pool = None
+        app._backend_cache = None
+        app._local = threading.local()
+    for task in app.tasks.values():
+        if isinstance(task, CodeindexTask):
+            task.apply_policy(task_policy(task.kind, settings))

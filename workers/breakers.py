@@ -8,8 +8,6 @@ open, calls fail fast with :class:`DependencyUnavailableError` and tasks retry l
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,6 @@ from indexing.errors import (
     UsageError,
 )
 from indexing.store import SearchHit, VectorObject, VectorStore
-from workers.redis_client import redis_client
 
 log = logging.getLogger("codeindex.breakers")
 
@@ -37,8 +34,9 @@ T = TypeVar("T")
 # stopped reading a guarded iterator early, which says nothing about the dependency.
 EXCLUDED = (RefusedError, UsageError, StaleFenceError, GeneratorExit)
 
-# Each guarded call costs a few Redis round trips; a short timeout keeps an unreachable Redis
-# from stalling calls to a healthy dependency (pybreaker then assumes the breaker closed).
+#: Each guarded call costs a few Redis round trips; a short timeout (seconds) keeps an
+#: unreachable Redis from stalling calls to a healthy dependency (pybreaker then assumes the
+#: breaker closed). The runtime gives breakers a client with this timeout.
 BREAKER_REDIS_TIMEOUT = 1.0
 
 
@@ -47,7 +45,6 @@ class Dependency(StrEnum):
 
     VECTOR_STORE = "vector_store"
     EMBEDDER = "embedder"
-    OBJECT_STORE = "object_store"
 
 
 class _LogStateChanges(pybreaker.CircuitBreakerListener):
@@ -56,54 +53,23 @@ class _LogStateChanges(pybreaker.CircuitBreakerListener):
                     old_state.name if old_state else None)
 
 
-_lock = threading.Lock()
-_breakers: dict[tuple, pybreaker.CircuitBreaker] = {}
-
-
-def breaker(dependency: Dependency, redis_url: str | None, *, fail_max: int = 5,
-            reset_timeout: float = 30.0) -> pybreaker.CircuitBreaker:
+def make_breaker(dependency: Dependency, redis_client: redis.Redis | None, *, fail_max: int = 5,
+                 reset_timeout: float = 30.0) -> pybreaker.CircuitBreaker:
     """The breaker of ``dependency``: opens after ``fail_max`` failures in a row, tries again
     ``reset_timeout`` seconds after opening.
 
-    With ``redis_url`` its state is in Redis under ``codeindex:<dependency>``, shared by every
-    process; without, in this process's memory. Cached per dependency, URL, thresholds and
-    process. If Redis cannot be reached to set the breaker up, an uncached in-memory breaker
-    is returned (closed, as pybreaker itself falls back to), and the next call tries Redis again.
+    With ``redis_client`` its state is in Redis under ``codeindex:<dependency>``, shared by every
+    process of the fleet; without, in this process's memory. The caller keeps it
+    (``workers.runtime`` keeps one per dependency). Raises ``redis.RedisError`` when Redis
+    cannot be reached to set it up: pybreaker's storage constructor writes its initial state.
     """
-    key = (dependency, redis_url, fail_max, reset_timeout, os.getpid())
-    with _lock:
-        cb = _breakers.get(key)
-        if cb is None:
-            try:
-                cb = _make(dependency, redis_url, fail_max, reset_timeout)
-            except redis.RedisError as exc:
-                log.warning("circuit breaker state unreachable dependency=%s error=%s; "
-                            "using a closed in-memory breaker", dependency, exc)
-                return _make(dependency, None, fail_max, reset_timeout)
-            _breakers[key] = cb
-        return cb
-
-
-def _make(dependency: Dependency, redis_url: str | None, fail_max: int,
-          reset_timeout: float) -> pybreaker.CircuitBreaker:
     storage = None
-    if redis_url is not None:
-        # Raises RedisError when Redis is down: the constructor's SETNX calls are unguarded.
-        storage = pybreaker.CircuitRedisStorage(
-            pybreaker.STATE_CLOSED, redis_client(redis_url, timeout=BREAKER_REDIS_TIMEOUT),
-            namespace=f"codeindex:{dependency}")
+    if redis_client is not None:
+        storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, redis_client,
+                                                namespace=f"codeindex:{dependency}")
     return pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout, exclude=EXCLUDED,
                                     listeners=[_LogStateChanges()], state_storage=storage,
                                     name=str(dependency))
-
-
-def guarded(dependency: Dependency, redis_url: str | None, func: Callable[..., T], *args: Any,
-            **kwargs: Any) -> T:
-    """Call ``func(*args, **kwargs)`` through the breaker of ``dependency`` (default thresholds).
-
-    Raises :class:`DependencyUnavailableError` when the breaker is open or this call opened it.
-    """
-    return call_through(breaker(dependency, redis_url), func, *args, **kwargs)
 
 
 def call_through(cb: pybreaker.CircuitBreaker, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -143,19 +109,21 @@ def unavailable(cb: pybreaker.CircuitBreaker) -> DependencyUnavailableError:
     )
 
 
+BreakerSource = Callable[[], pybreaker.CircuitBreaker]
+
+
 class GuardedVectorStore:
     """A :class:`VectorStore` whose every call goes through the ``vector_store`` breaker.
 
-    Each protocol method is wrapped explicitly (no ``__getattr__``), so a method added to the
-    protocol fails type checking here until it is guarded too. ``ensure_collection`` is the one
-    exception (see there).
+    ``breaker`` gives the breaker to call through, asked on every call (the runtime's, which
+    is set up again when Redis could not be reached before). Each protocol method is wrapped
+    explicitly (no ``__getattr__``), so a method added to the protocol fails type checking here
+    until it is guarded too. ``ensure_collection`` is the one exception (see there).
     """
 
-    def __init__(self, store: VectorStore, redis_url: str | None, *, fail_max: int = 5,
-                 reset_timeout: float = 30.0) -> None:
+    def __init__(self, store: VectorStore, breaker: BreakerSource) -> None:
         self._store = store
-        self._breaker = breaker(Dependency.VECTOR_STORE, redis_url, fail_max=fail_max,
-                                reset_timeout=reset_timeout)
+        self._breaker = breaker
 
     def ensure_collection(self, dimension: int) -> None:
         """Not through the breaker: it is mostly answered from the open table handle without
@@ -164,25 +132,22 @@ class GuardedVectorStore:
         self._store.ensure_collection(dimension)
 
     def upsert(self, objects: Sequence[VectorObject]) -> int:
-        return call_through(self._breaker, self._store.upsert, objects)
+        return call_through(self._breaker(), self._store.upsert, objects)
 
     def delete(self, ids: Sequence[str], fence: int) -> None:
-        call_through(self._breaker, self._store.delete, ids, fence)
-
-    def list_ids(self, repo: str) -> dict[str, str]:
-        return call_through(self._breaker, self._store.list_ids, repo)
+        call_through(self._breaker(), self._store.delete, ids, fence)
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
-        return call_through(self._breaker, self._store.chunk_indexes, repo, paths)
+        return call_through(self._breaker(), self._store.chunk_indexes, repo, paths)
 
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
-        return call_through(self._breaker, self._store.search, vector, k, repo)
+        return call_through(self._breaker(), self._store.search, vector, k, repo)
 
     def count(self, repo: str | None = None) -> int:
-        return call_through(self._breaker, self._store.count, repo)
+        return call_through(self._breaker(), self._store.count, repo)
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:
-        return call_through(self._breaker, self._store.export, with_vectors)
+        return call_through(self._breaker(), self._store.export, with_vectors)
 
 
 class GuardedEmbedder:
@@ -193,16 +158,16 @@ class GuardedEmbedder:
     model (``model_id``, ``dimension``, ``distance``, ``max_tokens``) is the wrapped one's.
     """
 
-    def __init__(self, embedder, redis_url: str | None, *, fail_max: int = 5, reset_timeout: float = 30.0) -> None:
+    def __init__(self, embedder, breaker: BreakerSource) -> None:
         self._embedder = embedder
         self.model_id = embedder.model_id
         self.dimension = embedder.dimension
         self.distance = embedder.distance
         self.max_tokens = embedder.max_tokens
-        self._breaker = breaker(Dependency.EMBEDDER, redis_url, fail_max=fail_max, reset_timeout=reset_timeout)
+        self._breaker = breaker
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self._embedder.count_tokens(texts)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return call_through(self._breaker, self._embedder.embed, texts)
+        return call_through(self._breaker(), self._embedder.embed, texts)

@@ -6,15 +6,16 @@ Seed 002 ("Pod Registration & Heartbeat", "Graceful Shutdown") is the model:
    address and capacity, then heartbeat every ``heartbeat_interval`` seconds (10 s) from a
    thread of the worker's main process, so a worker whose main process dies stops beating.
 2. **SIGTERM** (``worker_shutting_down``, warm shutdown): Celery stops consuming and lets the
-   running tasks finish; meanwhile the shard is marked draining (no new assignments), its
-   repositories go to their next owners on the ring and the messages still queued for it
-   are moved to them. A watchdog turns the warm shutdown into a cold one after
+   running tasks finish; meanwhile the shard is handed over (``workers.handover``: marked
+   draining, its repositories given to their next owners on the ring, the messages still
+   queued for it moved to them). A watchdog turns the warm shutdown into a cold one after
    ``grace_period`` seconds (300 s, the seed's terminationGracePeriodSeconds); tasks cut
    short then are redelivered (``acks_late``, ``reject_on_worker_lost``).
 3. **Exit** (``worker_shutdown``): the shard is marked offline and the heartbeat stops.
 
-Only a worker in a fleet (``CODEINDEX_STATE_URL`` set) takes part; the embedded mode has no
-registry. Forked pool children drop the connections they inherited (``worker_process_init``).
+One :class:`ShardLifecycle` object per worker main process holds all of it; :func:`install`
+connects it to Celery's signals. Only a worker in a fleet (``CODEINDEX_STATE_URL`` set and a
+real broker) takes part; the embedded mode has no registry.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ import threading
 
 from celery import signals
 
-from config.settings import get_settings
+from workers import metrics
+from workers.handover import hand_over
+from workers.placement import NoActiveShardError
+from workers.registry import ShardStatus
+from workers.runtime import runtime
 
 log = logging.getLogger("codeindex.lifecycle")
 
 
-class _Lifecycle:
-    """The state of this process's shard membership (one per worker main process)."""
+class ShardLifecycle:
+    """This worker's shard membership: registration, the heartbeat thread, the drain and its
+    grace-period watchdog, and going offline."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -44,11 +50,11 @@ class _Lifecycle:
     # start
 
     def register(self, hostname: str) -> None:
-        from workers import resources
-
-        settings = get_settings()
-        address = settings.shard_address or _own_address()
-        shard = resources.registry(settings).register(settings.shard_id, hostname, address, settings.shard_capacity)
+        """Register the shard as active and start heartbeating."""
+        rt = runtime()
+        settings = rt.settings
+        address = settings.shard_address or own_address()
+        shard = rt.registry.register(settings.shard_id, hostname, address, settings.shard_capacity)
         self.registered = True
         log.info("shard %s registered (%s, %s, capacity %d)", shard.shard_id, hostname, address, shard.capacity)
         self.stop.clear()
@@ -57,14 +63,12 @@ class _Lifecycle:
         self.heartbeat_thread.start()
 
     def _beat(self, hostname: str, address: str) -> None:
-        from workers import metrics, resources
-
-        settings = get_settings()
-        registry = resources.registry(settings)
+        rt = runtime()
+        settings, registry = rt.settings, rt.registry
         while not self.stop.wait(settings.heartbeat_interval):
             try:
                 shard = registry.get(settings.shard_id)
-                if shard is None or shard.status == "offline":
+                if shard is None or shard.status is ShardStatus.OFFLINE:
                     # Declared dead while alive (a long pause, a partition): join again; the ring
                     # gives it new work, and rebalancing brings back its share over time.
                     log.warning("shard %s was %s; registering again", settings.shard_id,
@@ -79,30 +83,27 @@ class _Lifecycle:
     # SIGTERM
 
     def drain(self) -> None:
-        """Mark the shard draining, hand its repositories and queued messages to their next owners."""
-        from workers import resources
-        from workers.requeue import requeue_from
-        from workers.routing import reassign_from, router
-
-        settings = get_settings()
+        """Hand the shard over (draining): its repositories and queued messages go to their next owners."""
+        rt = runtime()
+        shard_id = rt.settings.shard_id
         try:
-            registry = resources.registry(settings)
-            registry.set_status(settings.shard_id, "draining")
-            moved = reassign_from(registry, settings.shard_id)
-            router().forget()
-            log.info("shard %s draining: %d repositories handed over", settings.shard_id, len(moved))
-            count = requeue_from([settings.shard_id])
-            log.info("shard %s draining: %d queued messages moved", settings.shard_id, count)
+            done = hand_over(rt, shard_id, status=ShardStatus.DRAINING)
+            log.info("shard %s draining: %d repositories handed over, %d queued messages moved",
+                     shard_id, len(done.moved), done.messages)
+        except NoActiveShardError as exc:
+            log.warning("shard %s draining: its repositories stay assigned to it until a shard is active (%s)",
+                        shard_id, exc)
         except Exception:
-            log.exception("drain of shard %s failed; beat will reassign it when its heartbeat stops",
-                          settings.shard_id)
+            log.exception("drain of shard %s failed; beat will reassign it when its heartbeat stops", shard_id)
 
     def start_drain(self) -> None:
+        """Drain in a thread while Celery finishes the running tasks; force a cold shutdown
+        after the grace period."""
         if self.drain_thread is not None or not self.registered:
             return
         self.drain_thread = threading.Thread(target=self.drain, daemon=True, name="codeindex-drain")
         self.drain_thread.start()
-        grace = get_settings().grace_period
+        grace = runtime().settings.grace_period
         watchdog = threading.Timer(grace, self._grace_expired, args=(grace,))
         watchdog.daemon = True
         watchdog.start()
@@ -116,22 +117,35 @@ class _Lifecycle:
     # exit
 
     def shutdown(self) -> None:
-        from workers import resources
-
+        """Stop heartbeating and mark the shard offline."""
         self.stop.set()
         if self.drain_thread is not None:
             self.drain_thread.join(timeout=30)
         if not self.registered:
             return
-        settings = get_settings()
+        rt = runtime()
         try:
-            resources.registry(settings).set_status(settings.shard_id, "offline")
-            log.info("shard %s offline", settings.shard_id)
+            rt.registry.set_status(rt.settings.shard_id, ShardStatus.OFFLINE)
+            log.info("shard %s offline", rt.settings.shard_id)
         except Exception as exc:
-            log.warning("could not mark shard %s offline (beat will): %s", settings.shard_id, exc)
+            log.warning("could not mark shard %s offline (beat will): %s", rt.settings.shard_id, exc)
+
+    # Celery's signals
+
+    def on_ready(self, sender=None, **_) -> None:
+        if runtime().in_fleet:
+            self.register(getattr(sender, "hostname", None) or socket.gethostname())
+
+    def on_shutting_down(self, sig=None, how=None, exitcode=None, **_) -> None:
+        if how == "Warm" and runtime().in_fleet:
+            self.start_drain()
+
+    def on_shutdown(self, **_) -> None:
+        if runtime().in_fleet:
+            self.shutdown()
 
 
-def _own_address() -> str:
+def own_address() -> str:
     """This host's address for the registry; the host name when it does not resolve (a
     failed lookup must not keep the worker from registering)."""
     try:
@@ -140,41 +154,10 @@ def _own_address() -> str:
         return socket.gethostname()
 
 
-_lifecycle = _Lifecycle()
-
-
-def _in_fleet() -> bool:
-    settings = get_settings()
-    return bool(settings.state_url) and not settings.eager
-
-
-@signals.worker_ready.connect
-def _on_ready(sender=None, **_) -> None:
-    if _in_fleet():
-        _lifecycle.register(getattr(sender, "hostname", None) or socket.gethostname())
-
-
-@signals.worker_shutting_down.connect
-def _on_shutting_down(sig=None, how=None, exitcode=None, **_) -> None:
-    if _in_fleet() and how == "Warm":
-        _lifecycle.start_drain()
-
-
-@signals.worker_shutdown.connect
-def _on_shutdown(**_) -> None:
-    if _in_fleet():
-        _lifecycle.shutdown()
-
-
-@signals.worker_process_init.connect
-def _on_child(**_) -> None:
-    from workers import resources
-    from workers.routing import router
-
-    resources.reset()
-    router().forget()
-    if _in_fleet():
-        # Import LanceDB (and pyarrow) now rather than in the first embedding batch: about 3 s
-        # here, which bench/fleet.py saw on every worker's first task. Not in the parent:
-        # LanceDB's runtime is not fork-safe.
-        import lancedb  # noqa: F401
+def install() -> ShardLifecycle:
+    """Make this process's shard lifecycle and connect it to Celery's worker signals."""
+    lifecycle = ShardLifecycle()
+    signals.worker_ready.connect(lifecycle.on_ready, weak=False)
+    signals.worker_shutting_down.connect(lifecycle.on_shutting_down, weak=False)
+    signals.worker_shutdown.connect(lifecycle.on_shutdown, weak=False)
+    return lifecycle

@@ -1,6 +1,6 @@
 """Per-repository locks that serialise planning and commits.
 
-The embedded mode uses an advisory file lock (``fcntl.flock``) under the index home:
+The embedded mode uses an advisory file lock (filelock's ``flock`` lock) under the index home:
 it is released by the kernel when the holder dies, so a crash never leaves it held.
 The fleet uses a Redis lock with a time-to-live that a thread renews while it is held;
 a holder that stalls past the ttl loses it, and the fencing token refuses its late writes.
@@ -8,16 +8,15 @@ a holder that stalls past the ttl loses it, and the fencing token refuses its la
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
@@ -29,33 +28,24 @@ log = logging.getLogger("codeindex.locks")
 
 @contextmanager
 def repo_lock(home: Path, repo_id: str, timeout: float) -> Iterator[None]:
-    """Hold the lock of ``repo_id`` for the ``with`` block.
+    """Hold the lock of ``repo_id`` (a file under ``<home>/locks``) for the ``with`` block.
 
-    Waits up to ``timeout`` seconds, polling every 50 ms; raises :class:`LockTimeoutError`
-    when another process keeps it longer. Released on every exit path.
+    Waits up to ``timeout`` seconds; raises :class:`LockTimeoutError` when another process
+    keeps it longer. Released on every exit path, and by the kernel if the holder dies.
     """
     locks = Path(home) / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(repo_id.encode()).hexdigest()[:32]
-    fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(locks / f"{name}.lock", timeout=timeout, mode=0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"repository {repo_id} is locked by another sync (waited {timeout:.0f}s); retry later"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockTimeoutError(
+            f"repository {repo_id} is locked by another sync (waited {timeout:.0f}s); retry later") from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def redis_lock_key(repo_id: str) -> str:
@@ -77,14 +67,6 @@ class RedisLockHandle:
         self.lost_reason: str | None = None
         self.renewals = 0
         self._stop = threading.Event()
-        self._paused = threading.Event()
-
-    def pause_renewal(self) -> None:
-        """Stop renewing, as a stalled holder (a long GC pause, a frozen VM) would.
-
-        For tests only: it lets a test watch the lock expire under a live holder.
-        """
-        self._paused.set()
 
     def _mark_lost(self, reason: str) -> None:
         self.lost, self.lost_reason = True, reason
@@ -98,8 +80,6 @@ def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
     """
     last_renewed = time.monotonic()
     while not handle._stop.wait(every):
-        if handle._paused.is_set():
-            continue
         try:
             lock.extend(handle.ttl, replace_ttl=True)
         except LockError as exc:  # LockNotOwnedError included: expired, or another holder's now

@@ -8,7 +8,8 @@ Two kinds, as the Prometheus client docs advise:
   ``codeindex_queue_depth``) are read from the registry and the broker when scraped, by
   :class:`FleetCollector`, so any one process (``codeindex metrics``) reports the whole fleet.
 - **Process counters** (tasks by name, state and queue; task durations; heartbeats; messages
-  moved) are counted where the work happens. Celery's prefork children are separate
+  moved) are counted where the work happens; a worker counts its tasks once
+  :func:`count_tasks` connected the task signals. Celery's prefork children are separate
   processes, so a worker serving metrics sets ``PROMETHEUS_MULTIPROC_DIR`` (see
   :func:`serve`) and the client's multiprocess mode adds the children's files up.
 """
@@ -24,7 +25,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, s
 from prometheus_client.core import GaugeMetricFamily
 
 from config.celery import Queue, shard_queue
-from config.settings import get_settings
+from workers.broker import queue_depths
+from workers.runtime import runtime
 
 log = logging.getLogger("codeindex.metrics")
 
@@ -35,23 +37,32 @@ TASK_SECONDS = Histogram("codeindex_task_duration_seconds", "Task run time, by t
 HEARTBEATS = Counter("codeindex_heartbeats", "Heartbeats this worker wrote, by shard.", ["shard"])
 MESSAGES_MOVED = Counter("codeindex_messages_moved", "Messages moved out of dead or drained shards' queues.")
 
-_started: dict[str, float] = {}
+class TaskCounter:
+    """Counts finished tasks and their run time from Celery's ``task_prerun``/``task_postrun``
+    signals (one per process: it keeps the start times of the tasks running in it)."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def started(self, task_id=None, **_) -> None:
+        self._started[task_id] = time.monotonic()
+
+    def finished(self, task_id=None, task=None, state=None, **_) -> None:
+        began = self._started.pop(task_id, None)
+        if task is None:
+            return
+        queue = ((getattr(task.request, "delivery_info", None) or {}).get("routing_key")) or "eager"
+        TASKS.labels(task=task.name, queue=queue, state=state or "UNKNOWN").inc()
+        if began is not None:
+            TASK_SECONDS.labels(task=task.name).observe(time.monotonic() - began)
 
 
-@signals.task_prerun.connect
-def _task_started(task_id=None, **_) -> None:
-    _started[task_id] = time.monotonic()
-
-
-@signals.task_postrun.connect
-def _task_finished(task_id=None, task=None, state=None, **_) -> None:
-    began = _started.pop(task_id, None)
-    if task is None:
-        return
-    queue = ((getattr(task.request, "delivery_info", None) or {}).get("routing_key")) or "eager"
-    TASKS.labels(task=task.name, queue=queue, state=state or "UNKNOWN").inc()
-    if began is not None:
-        TASK_SECONDS.labels(task=task.name).observe(time.monotonic() - began)
+def count_tasks() -> TaskCounter:
+    """Count this process's tasks in :data:`TASKS` and :data:`TASK_SECONDS` from now on."""
+    counter = TaskCounter()
+    signals.task_prerun.connect(counter.started, weak=False)
+    signals.task_postrun.connect(counter.finished, weak=False)
+    return counter
 
 
 class FleetCollector:
@@ -59,12 +70,9 @@ class FleetCollector:
     prometheus-client docs "Custom Collectors"). A failed read yields ``codeindex_up 0``."""
 
     def collect(self):
-        from workers import resources
-        from workers.requeue import queue_depths
-
         up = GaugeMetricFamily("codeindex_fleet_up", "1 when the registry and broker could be read.")
         try:
-            registry = resources.registry(get_settings())
+            registry = runtime().registry
             shards = registry.shards()
             moves = registry.moves_total()
             depths = queue_depths([Queue.EMBED.value, Queue.MAINTENANCE.value,
@@ -104,7 +112,7 @@ def serve(port: int, fleet: bool, addr: str = "0.0.0.0") -> None:
     counters of every worker child are aggregated (prometheus-client "Multiprocess Mode").
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+        from prometheus_client import multiprocess  # lazy: only a worker serving metrics uses it
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -1,7 +1,9 @@
 """The shard registry in PostgreSQL: which shards exist, their health, and which shard owns
-each repository (sticky assignments, changed by compare-and-set so that racing routers agree).
+each repository (sticky assignments, changed by compare-and-set so that racing placements agree).
 
 Heartbeats and staleness use the database clock, so workers' clocks never disagree about it.
+The registry's tables are defined here (:data:`REGISTRY_SCHEMA`), beside the state's in
+``indexing.pg_state``, and migrated on their own.
 """
 
 from __future__ import annotations
@@ -14,11 +16,34 @@ from datetime import datetime, timezone
 import psycopg
 
 from indexing.errors import UnknownShardError
-from indexing.pg_state import PgConnections, migrate
+from indexing.postgres import PgDatabase, migrate
 
 log = logging.getLogger("codeindex.registry")
 
-SHARD_STATUSES = ("active", "draining", "offline")
+
+class ShardStatus(enum.StrEnum):
+    """A shard's place in the fleet (seed 002): ``active`` takes new repositories; ``draining``
+    hands its repositories over and takes none; ``offline`` stopped heartbeating or exited."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+#: The registry's tables, in creation order; idempotent, as ``indexing.pg_state.STATE_SCHEMA``.
+REGISTRY_SCHEMA: list[str] = [
+    """CREATE TABLE IF NOT EXISTS shards (
+        shard_id text COLLATE "C" PRIMARY KEY, name text NOT NULL, address text NOT NULL,
+        capacity integer NOT NULL CHECK (capacity > 0),
+        status text NOT NULL CHECK (status IN ('active', 'draining', 'offline')),
+        last_heartbeat timestamptz NOT NULL, registered_at timestamptz NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS assignments (
+        repo_id text COLLATE "C" PRIMARY KEY, shard_id text COLLATE "C" NOT NULL,
+        assigned_at timestamptz NOT NULL, moved_at timestamptz)""",
+    "CREATE INDEX IF NOT EXISTS assignments_shard_id ON assignments (shard_id)",
+    # Monotonic counters (``moves``: repositories moved between shards) for the metrics.
+    "CREATE TABLE IF NOT EXISTS registry_counters (name text PRIMARY KEY, value bigint NOT NULL)",
+]
 
 
 class _Any(enum.Enum):
@@ -37,7 +62,7 @@ class Shard:
     name: str
     address: str
     capacity: int
-    status: str  # active | draining | offline
+    status: ShardStatus
     last_heartbeat: datetime  # aware, UTC
     registered_at: datetime
     load: int
@@ -54,22 +79,32 @@ _SELECT_SHARDS = (
 
 
 def _shard(row: dict) -> Shard:
-    return Shard(**{**row, "last_heartbeat": row["last_heartbeat"].astimezone(timezone.utc),
+    return Shard(**{**row, "status": ShardStatus(row["status"]),
+                    "last_heartbeat": row["last_heartbeat"].astimezone(timezone.utc),
                     "registered_at": row["registered_at"].astimezone(timezone.utc)})
 
 
 class ShardRegistry:
-    """Shards and repository assignments in PostgreSQL; migrates the schema at construction.
+    """Shards and repository assignments in PostgreSQL; migrates its tables at construction.
 
-    Raises :class:`~indexing.errors.StoreError` for a database error.
+    ``database`` is a DSN or a :class:`~indexing.postgres.PgDatabase` shared with the state
+    store; ``connect_timeout`` (seconds) bounds the wait for a connection, so that a caller
+    facing an unreachable registry fails instead of hanging.
+    Raises :class:`~indexing.errors.StoreError` for a database error or an unreachable server.
     """
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
-        self.db = PgConnections(dsn, what="shard registry", connect_timeout=connect_timeout)
-        self.db.run(migrate, transaction=False)
+    def __init__(self, database: str | PgDatabase, *, connect_timeout: float = 5.0) -> None:
+        owned = not isinstance(database, PgDatabase)
+        self.db = PgDatabase(database, what="shard registry", connect_timeout=connect_timeout) if owned else database
+        try:
+            self.db.run(lambda conn: migrate(conn, "registry", REGISTRY_SCHEMA), transaction=False)
+        except BaseException:
+            if owned:  # its pool would go on reconnecting in the background
+                self.db.close()
+            raise
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close the registry's connections."""
         self.db.close()
 
     # shards
@@ -97,10 +132,10 @@ class ShardRegistry:
         return self.db.write(lambda conn: conn.execute(
             "UPDATE shards SET last_heartbeat = now() WHERE shard_id = %s", [shard_id]).rowcount) > 0
 
-    def set_status(self, shard_id: str, status: str) -> None:
+    def set_status(self, shard_id: str, status: ShardStatus) -> None:
         """Set a shard's status. Raises ValueError for an unknown status, UnknownShardError for an unknown shard."""
-        if status not in SHARD_STATUSES:
-            raise ValueError(f"shard status {status!r} is not one of {', '.join(SHARD_STATUSES)}")
+        if status not in ShardStatus.__members__.values():
+            raise ValueError(f"shard status {status!r} is not one of {', '.join(ShardStatus)}")
         updated = self.db.write(lambda conn: conn.execute(
             "UPDATE shards SET status = %s WHERE shard_id = %s", [status, shard_id]).rowcount)
         if not updated:
@@ -149,32 +184,29 @@ class ShardRegistry:
         only when the current assignment equals ``expected``. A change of an existing assignment
         stamps ``moved_at`` and counts one move (:meth:`moves_total`).
         """
+        lock_row = "SELECT shard_id FROM assignments WHERE repo_id = %s FOR UPDATE"
+
         def work(conn: psycopg.Connection) -> bool:
-            while True:  # twice at most: a first assignment made concurrently turns the insert into a no-op
-                row = conn.execute("SELECT shard_id FROM assignments WHERE repo_id = %s FOR UPDATE",
-                                   [repo_id]).fetchone()
-                current = row["shard_id"] if row else None
-                if expected is not ANY and current != expected:
+            row = conn.execute(lock_row, [repo_id]).fetchone()
+            if row is None:  # a missing row cannot be locked: insert, unless another process just did
+                if expected is not ANY and expected is not None:
                     return False
-                if row is None:
-                    inserted = conn.execute(
-                        "INSERT INTO assignments (repo_id, shard_id, assigned_at) VALUES (%s, %s, now()) "
-                        "ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id", [repo_id, shard_id]).fetchone()
-                    if inserted is not None or expected is not ANY:
-                        return inserted is not None
-                    continue
-                if current != shard_id:
-                    conn.execute("UPDATE assignments SET shard_id = %s, assigned_at = now(), moved_at = now() "
-                                 "WHERE repo_id = %s", [shard_id, repo_id])
-                    conn.execute("INSERT INTO registry_counters VALUES ('moves', 1) ON CONFLICT (name) "
-                                 "DO UPDATE SET value = registry_counters.value + 1")
-                return True
+                inserted = conn.execute(
+                    "INSERT INTO assignments (repo_id, shard_id, assigned_at) VALUES (%s, %s, now()) "
+                    "ON CONFLICT (repo_id) DO NOTHING RETURNING repo_id", [repo_id, shard_id]).fetchone()
+                if inserted is not None or expected is None:
+                    return inserted is not None
+                row = conn.execute(lock_row, [repo_id]).fetchone()  # the concurrent insert, now lockable
+            if expected is not ANY and row["shard_id"] != expected:
+                return False
+            if row["shard_id"] != shard_id:
+                conn.execute("UPDATE assignments SET shard_id = %s, assigned_at = now(), moved_at = now() "
+                             "WHERE repo_id = %s", [shard_id, repo_id])
+                conn.execute("INSERT INTO registry_counters VALUES ('moves', 1) ON CONFLICT (name) "
+                             "DO UPDATE SET value = registry_counters.value + 1")
+            return True
 
         return self.db.write(work)
-
-    def unassign(self, repo_id: str) -> None:
-        """Forget the repository's assignment (not a move)."""
-        self.db.write(lambda conn: conn.execute("DELETE FROM assignments WHERE repo_id = %s", [repo_id]))
 
     def moves_total(self) -> int:
         """How many times an existing assignment changed shard, ever (a monotonic counter)."""

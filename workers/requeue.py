@@ -13,49 +13,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from celery.contrib.migrate import move
 from kombu import Queue
 
 from config.celery import shard_queue
+from indexing.messages import repo_id_of
+from workers import metrics
+from workers.app import app
+from workers.broker import queue_depths
+from workers.runtime import Runtime
 
 log = logging.getLogger("codeindex.requeue")
 
 
-def queue_depths(names: Iterable[str]) -> dict[str, int]:
-    """Messages waiting in each queue (Redis ``LLEN`` of kombu's list; 0 for other brokers)."""
-    from workers.app import app
-
-    depths: dict[str, int] = {}
-    with app.connection_for_read() as conn:
-        client = getattr(conn.default_channel, "client", None)
-        for name in names:
-            depths[name] = int(client.llen(name)) if client is not None else 0
-    return depths
-
-
-def requeue_from(shard_ids: Iterable[str], timeout: float = 1.0) -> int:
+def requeue_from(rt: Runtime, shard_ids: Iterable[str], timeout: float = 1.0) -> int:
     """Move every message queued for ``shard_ids`` to the queue its task routes to now.
 
     ``timeout``: seconds without a message after which a queue counts as empty.
     A message whose route still names the same queue (its repository could not be placed
-    elsewhere) is left where it is. Returns the number of messages moved.
-    Raises kombu/redis connection errors when the broker is unreachable.
+    elsewhere), or whose task has no kind, is left where it is. Returns the number of
+    messages moved. Raises kombu/redis connection errors when the broker is unreachable.
     """
-    from celery.contrib.migrate import move
-
-    from workers.app import app
-    from workers.routing import router
-
     sources = [shard_queue(s) for s in shard_ids]
     waiting = [q for q, depth in queue_depths(sources).items() if depth]
     if not waiting:
         return 0
-    route = router()
-    route.forget()
+    rt.owners.forget()
 
     def destination(body, message):
         name = message.headers.get("task", "")
+        kind = getattr(app.tasks.get(name), "kind", None)
         args, kwargs = (body[0], body[1]) if isinstance(body, (list, tuple)) and len(body) >= 2 else ((), {})
-        target = route.queue_for(name, args, kwargs)
+        target = rt.queue_for(kind, repo_id_of(args, kwargs)) if kind is not None else None
         source = message.delivery_info.get("routing_key")
         if not target or target == source:
             return None
@@ -65,9 +54,6 @@ def requeue_from(shard_ids: Iterable[str], timeout: float = 1.0) -> int:
     state = move(destination, app=app, source=[Queue(q, routing_key=q) for q in waiting], timeout=timeout)
     moved = state.filtered
     if moved:
-        from workers import metrics
-
         metrics.MESSAGES_MOVED.inc(moved)
         log.info("moved %d messages out of %s", moved, ", ".join(waiting))
     return moved
-

@@ -71,6 +71,7 @@ class Fleet:
         self.env.pop("CODEINDEX_SHARD_ID", None)
         self.workers: dict[str, subprocess.Popen] = {}
         self.beats: list[subprocess.Popen] = []
+        self._registry = self._state = None
 
     # processes
 
@@ -102,6 +103,9 @@ class Fleet:
             proc.wait(timeout=10)
 
     def stop_all(self) -> None:
+        for opened in (self._registry, self._state):
+            if opened is not None:
+                opened.close()
         for proc in [*self.workers.values(), *self.beats]:
             if proc.poll() is None:
                 try:
@@ -135,9 +139,12 @@ class Fleet:
     # the registry, the broker
 
     def registry(self):
+        """The fleet's registry, opened once for the test."""
         from workers.registry import ShardRegistry
 
-        return ShardRegistry(self.dsn)
+        if self._registry is None:
+            self._registry = ShardRegistry(self.dsn)
+        return self._registry
 
     def shard_status(self, shard_id: str) -> str | None:
         shard = self.registry().get(shard_id)
@@ -166,9 +173,12 @@ class Fleet:
         return [o for o in store.export() if o["repo"] == repo_id]
 
     def state(self):
+        """The fleet's state store, opened once for the test."""
         from indexing.pg_state import PostgresStateStore
 
-        return PostgresStateStore(self.dsn)
+        if self._state is None:
+            self._state = PostgresStateStore(self.dsn)
+        return self._state
 
 
 @pytest.fixture

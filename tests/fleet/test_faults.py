@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_two_syncs_of_one_repository_at_once(fleet, tmp_path: Path) -> None:
     assert_index_exact(fleet, root, tmp_path)
 
 
-def test_stale_writer_whose_lock_expired_is_refused(fleet, tmp_path: Path) -> None:
+def test_stale_writer_whose_lock_expired_is_refused(fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Writer A holds the lock, stalls past its ttl; B takes the lock, indexes a newer commit and
     commits. A's late upserts carry an older fencing token: the store keeps B's objects and the
     state refuses A's commit."""
@@ -117,24 +118,25 @@ def test_stale_writer_whose_lock_expired_is_refused(fleet, tmp_path: Path) -> No
     from indexing.errors import StaleFenceError
     from indexing.messages import BatchJob, CommitJob, SyncRequest
     from indexing.sync import PlanLimits, commit_sync, index_batch, plan_sync
-    from workers import resources
+    from workers import locks, runtime
     from workers.locks import redis_repo_lock
 
     root = make_repo(tmp_path, "stale", 20, 10)
     settings = configure(broker_url=fleet.redis_server.url, result_backend=fleet.redis_server.url,
                          state_url=fleet.dsn, home=fleet.home, embedder="hashing", lock_ttl=1.0)
-    resources.reset()
+    runtime.reset()
+    rt = runtime.runtime()
     try:
-        state, store = resources.state_store(settings), resources.vector_store(settings, "codeindex")
-        cache, embedder = resources.embedding_cache(settings), resources.embedder(settings)
+        state, store = rt.state, rt.vector_store("codeindex")
+        cache, embedder = rt.embedding_cache, rt.embedder
         limits = PlanLimits(settings.max_file_size, 64, 1 << 20, 0.2)
-        redis = resources.redis(settings)
+        redis = rt.redis
 
         def plan_and_index(handle_note: str):
             request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=root.name, root=str(root),
                                   collection="codeindex", source="all")
             fence = state.grant_fence(root.name, str(root), "codeindex")
-            plan = plan_sync(request, state, resources.file_filter(settings, root), limits)
+            plan = plan_sync(request, state, rt.file_filter(root), limits)
             context = dict(run_id=request.run_id, repo_id=root.name, root=str(root), collection="codeindex",
                            fence=fence, commit=plan.commit)
             results = [r for files in plan.batches(64, 1 << 20)
@@ -145,8 +147,11 @@ def test_stale_writer_whose_lock_expired_is_refused(fleet, tmp_path: Path) -> No
             return fence, job, results, BatchJob(**context, files=plan.to_index())
 
         edit_some(root, 5, "v1")
-        with redis_repo_lock(redis, root.name, ttl=1.0, timeout=5) as a_handle:
-            a_handle.pause_renewal()  # A stalls (a long GC pause, a partition)
+        with ExitStack() as a_holds:
+            with monkeypatch.context() as stalled:
+                # A stalls (a long GC pause, a partition): its lock is never renewed.
+                stalled.setattr(locks, "_renew", lambda lock, handle, every: None)
+                a_handle = a_holds.enter_context(redis_repo_lock(redis, root.name, ttl=1.0, timeout=5))
             a_fence, a_job, _, a_batch = plan_and_index("A")
             time.sleep(1.5)  # A's lock expires
             edit_some(root, 5, "v2")  # the repository moves on
@@ -168,7 +173,7 @@ def test_stale_writer_whose_lock_expired_is_refused(fleet, tmp_path: Path) -> No
         assert state.get_repo(root.name).committed_fence == b_fence
     finally:
         configure()
-        resources.reset()
+        runtime.reset()
     assert_index_exact(fleet, root, tmp_path)
 
 

@@ -55,5 +55,5 @@ def test_a_plan_delivered_to_a_non_owner_goes_on_to_the_owner(fleet, tmp_path: P
     assert summary["errors"] == 0 and summary["added"] > 0
     run = fleet.state().get_run(request.run_id)
     assert run.status == "succeeded" and run.shard_id == "b"
-    assert f"plan of {root.name} reached shard a, which does not own it: forwarded to shard b" in fleet.log("worker-a")
+    assert f"task for {root.name} reached shard a, which does not own it: forwarded to shard b" in fleet.log("worker-a")
     assert_index_exact(fleet, root, tmp_path)

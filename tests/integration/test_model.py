@@ -15,9 +15,9 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def minilm():
-    from indexing.embedders import get_embedder
+    from indexing.embedders import make_embedder
 
-    return get_embedder("minilm")
+    return make_embedder("minilm")
 
 
 def test_model_loads_offline_with_its_shipped_weights(minilm) -> None:
@@ -32,19 +32,19 @@ def test_model_loads_offline_with_its_shipped_weights(minilm) -> None:
 
 def test_sync_and_search_with_the_model(real_repo: Path, tmp_path: Path) -> None:
     from config.settings import configure, get_settings
-    from workers import resources
+    from workers import runtime
     from workers.app import apply_settings
 
     settings = configure(home=tmp_path / "home", embedder="minilm")
-    resources.reset()
+    runtime.reset()
     apply_settings(settings)
     try:
         files = sorted(p.relative_to(real_repo).as_posix() for p in (real_repo / "kombu").glob("*.py"))[:8]
         summary = sync(real_repo, changes=[(f, "added") for f in files])
         assert summary["added"] == len(files) and summary["errors"] == 0
-        embedder = resources.embedder(get_settings())
-        store = resources.vector_store(get_settings(), get_settings().collection)
+        embedder = runtime.runtime().embedder
+        store = runtime.runtime().vector_store(get_settings().collection)
         hits = store.search(embedder.embed(["compress and decompress message bodies"])[0], k=3)
         assert hits and hits[0].path == "kombu/compression.py"
     finally:
-        resources.reset()
+        runtime.reset()

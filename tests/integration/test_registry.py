@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from indexing.errors import CodeindexError, UnknownShardError
-from indexing.pg_state import PostgresStateStore, migrate
-from workers.registry import ShardRegistry
+from indexing.pg_state import PostgresStateStore
+from indexing.postgres import migrate
+from workers.registry import REGISTRY_SCHEMA, ShardRegistry
 
 
 @pytest.fixture
@@ -122,9 +123,7 @@ def test_assign_moves_and_counts(registry, postgres_dsn):
     registry.assign("other", "s1")
     assert registry.assignments() == {"r": "s2", "other": "s1"}
     assert registry.assignments("s1") == {"other": "s1"} and registry.assignments("s3") == {}
-    registry.unassign("r")
-    registry.unassign("never-assigned")
-    assert registry.assignment("r") is None and registry.moves_total() == 1  # the counter never goes back
+    assert registry.assign("r", "s1") is True and registry.moves_total() == 2  # moved back: counted again
 
 
 def test_assign_compare_and_set(registry):
@@ -138,7 +137,7 @@ def test_assign_compare_and_set(registry):
     assert registry.assignment("r") == "s2" and registry.moves_total() == 1
 
 
-def test_racing_compare_and_set_has_exactly_one_winner(postgres_dsn):
+def test_racing_compare_and_set_has_exactly_one_winner(postgres_dsn, registry):
     registries = [ShardRegistry(postgres_dsn) for _ in range(2)]
     repos = [f"repo-{i}" for i in range(20)]
     barrier = threading.Barrier(2)
@@ -153,10 +152,10 @@ def test_racing_compare_and_set_has_exactly_one_winner(postgres_dsn):
 
     race_all(race, registries)
     assert all(len(winners) == 1 for winners in wins.values()), wins
-    assert ShardRegistry(postgres_dsn).assignments() == {repo: winners[0] for repo, winners in wins.items()}
+    assert registry.assignments() == {repo: winners[0] for repo, winners in wins.items()}
 
 
-def test_unconditional_assign_racing_a_first_assignment_still_lands(postgres_dsn):
+def test_unconditional_assign_racing_a_first_assignment_still_lands(postgres_dsn, registry):
     registries = [ShardRegistry(postgres_dsn) for _ in range(4)]
     barrier = threading.Barrier(4)
     results: list[bool] = []
@@ -169,13 +168,15 @@ def test_unconditional_assign_racing_a_first_assignment_still_lands(postgres_dsn
     race_all(race, registries)
     assert results == [True] * 4
     # Four writers to four shards, serialised by the row lock: one insert, then three moves.
-    assert ShardRegistry(postgres_dsn).moves_total() == 3
+    assert registry.moves_total() == 3
 
 
 def _open_registry(dsn: str, start, out) -> None:
     start.wait(10)
     try:
-        ShardRegistry(dsn).register("s", "s", "a", 1)
+        opened = ShardRegistry(dsn)
+        opened.register("s", "s", "a", 1)
+        opened.close()
         out.put("ok")
     except Exception as exc:  # reported to the parent, which fails the test with it
         out.put(repr(exc))
@@ -193,19 +194,21 @@ def test_migrate_is_idempotent_and_safe_from_two_processes_at_once(postgres_dsn)
         p.join(timeout=30)
     # Again, from this process and through the state store: the same schema, nothing lost.
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        migrate(conn)
-        migrate(conn)
+        migrate(conn, "registry", REGISTRY_SCHEMA)
+        migrate(conn, "registry", REGISTRY_SCHEMA)
     store = PostgresStateStore(postgres_dsn)
     assert store.grant_fence("r", "/src/r", "code") == 1
     store.close()
-    assert [s.shard_id for s in ShardRegistry(postgres_dsn).shards()] == ["s"]
+    again = ShardRegistry(postgres_dsn)
+    assert [s.shard_id for s in again.shards()] == ["s"]
+    again.close()
 
 
 def test_migrate_adds_a_missing_table_to_an_older_schema(postgres_dsn):
     ShardRegistry(postgres_dsn).close()
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE registry_counters")
-        conn.execute("UPDATE codeindex_schema SET ddl_sha256 = 'an older release'")
+        conn.execute("UPDATE codeindex_migrations SET ddl_sha256 = 'an older release' WHERE component = 'registry'")
     registry = ShardRegistry(postgres_dsn)
     registry.assign("r", "s1")
     registry.assign("r", "s2")

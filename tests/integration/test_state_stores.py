@@ -16,7 +16,7 @@ import pytest
 
 from indexing.errors import StaleFenceError, StoreError
 from indexing.pg_state import PostgresStateStore
-from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, SQLiteStateStore
+from indexing.state import CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats, RunRecord, SQLiteStateStore
 from tests.conftest import free_port
 
 TS = "2026-01-02T03:04:05.678+00:00"
@@ -168,19 +168,18 @@ def test_failures_record_list_get_replay(store):
     store.record_failure("run-1", "codeindex.sync.plan", {"repo_id": "r", "b": 2, "a": Path("/x")}, "boom")
     store.record_failure(None, "codeindex.embed.batch", {}, "bang")
     newest, oldest = store.failures()
-    assert list(newest) == ["id", "run_id", "task", "arguments", "error", "created_at", "replayed_at"]
-    assert (newest["task"], newest["run_id"], newest["error"], newest["replayed_at"]) == \
-        ("codeindex.embed.batch", None, "bang", None)
-    assert oldest["arguments"] == '{"a": "/x", "b": 2, "repo_id": "r"}'
-    assert isinstance(oldest["id"], int) and oldest["id"] < newest["id"]
-    assert len(oldest["created_at"]) == len(TS) and oldest["created_at"].endswith("+00:00")
+    assert isinstance(newest, FailureRecord)
+    assert (newest.task, newest.run_id, newest.error, newest.replayed_at) == ("codeindex.embed.batch", None, "bang", None)
+    assert oldest.arguments == '{"a": "/x", "b": 2, "repo_id": "r"}'
+    assert isinstance(oldest.id, int) and oldest.id < newest.id
+    assert len(oldest.created_at) == len(TS) and oldest.created_at.endswith("+00:00")
     assert store.failures(limit=1) == [newest]
-    assert store.get_failure(oldest["id"]) == oldest
+    assert store.get_failure(oldest.id) == oldest
     assert store.get_failure(10_000) is None
-    store.mark_failure_replayed(oldest["id"])
-    replayed = store.get_failure(oldest["id"])
-    assert replayed["replayed_at"] is not None and replayed["replayed_at"] >= replayed["created_at"]
-    assert {**replayed, "replayed_at": None} == oldest
+    store.mark_failure_replayed(oldest.id)
+    replayed = store.get_failure(oldest.id)
+    assert replayed.replayed_at is not None and replayed.replayed_at >= replayed.created_at
+    assert replace(replayed, replayed_at=None) == oldest
 
 
 def test_delete_runs_before_keeps_running_and_newer_runs(store):
@@ -203,12 +202,11 @@ def test_repo_stats(store):
                                          state("y.py", fence, size=5_000_000_000, chunks=3)], [], "c9")
     store.grant_fence("a-repo", "/src/a", "code")
     assert store.repo_stats() == [
-        {"repo_id": "a-repo", "root": "/src/a", "collection": "code", "last_commit": None,
-         "files": 0, "chunks": 0, "bytes": 0},
-        {"repo_id": "b-repo", "root": "/src/b", "collection": "code", "last_commit": "c9",
-         "files": 2, "chunks": 5, "bytes": 5_000_000_010},
+        RepoStats(repo_id="a-repo", root="/src/a", collection="code", last_commit=None, files=0, chunks=0, bytes=0),
+        RepoStats(repo_id="b-repo", root="/src/b", collection="code", last_commit="c9", files=2, chunks=5,
+                  bytes=5_000_000_010),
     ]
-    assert all(type(v) is int for row in store.repo_stats() for k, v in row.items() if k in ("files", "chunks"))
+    assert all(type(getattr(row, k)) is int for row in store.repo_stats() for k in ("files", "chunks", "bytes"))
 
 
 def pg_tables(dsn: str) -> list[str]:
@@ -247,6 +245,11 @@ def test_readonly_store_reads_what_a_writer_wrote(make_store):
 # PostgreSQL only ---------------------------------------------------------------------------------
 
 
+def backend_pid(store: PostgresStateStore) -> int:
+    """The server process behind the connection the store's pool lends next."""
+    return store.db.run(lambda conn: conn.info.backend_pid, transaction=False)
+
+
 def _grant_many(store: PostgresStateStore, count: int, start: multiprocessing.Event, out) -> None:
     start.wait(10)
     out.put([store.grant_fence("r", "/src/r", "code") for _ in range(count)])
@@ -254,7 +257,7 @@ def _grant_many(store: PostgresStateStore, count: int, start: multiprocessing.Ev
 
 def test_postgres_forked_processes_get_distinct_tokens_and_never_share_the_parents_socket(postgres_dsn):
     store = PostgresStateStore(postgres_dsn)
-    parent_backend = store.db.connection().info.backend_pid
+    parent_backends = {backend_pid(store) for _ in range(4)}
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
     children = [ctx.Process(target=_grant_many, args=(store, 25, start, out)) for _ in range(2)]
@@ -266,44 +269,72 @@ def test_postgres_forked_processes_get_distinct_tokens_and_never_share_the_paren
         child.join(timeout=30)
         assert child.exitcode == 0
     assert sorted(tokens) == list(range(1, 51))
-    # The parent's session survived its children: same backend, no reconnect needed.
-    assert store.db.connection().info.backend_pid == parent_backend
+    # The parent's sessions survived its children: the same backends, no reconnect needed.
+    assert {backend_pid(store) for _ in range(4)} <= parent_backends
     assert store.grant_fence("r", "/src/r", "code") == 51
     store.close()
 
 
-def _terminate(dsn: str, backend_pid: int) -> None:
+def _terminate_all(dsn: str) -> int:
+    """End every codeindex session on the test database (what a server restart does to them)."""
     with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'codeindex' AND datname = current_database()").fetchone()[0]
     time.sleep(0.1)
+    return ended
 
 
-def test_postgres_reconnects_once_after_the_connection_broke(postgres_dsn):
+def test_postgres_reconnects_once_after_the_connection_broke(postgres_dsn, caplog):
     store = PostgresStateStore(postgres_dsn)
     fence = store.grant_fence("r", "/src/r", "code")
-    first = store.db.connection().info.backend_pid
-    _terminate(postgres_dsn, first)
-    assert store.get_repo("r").fence == fence  # a read, retried on a new connection
-    second = store.db.connection().info.backend_pid
-    assert second != first
-    _terminate(postgres_dsn, second)
-    store.commit_files("r", fence, [state("a.py", fence)], [], "c1")  # a write, nothing was committed
+    before = {backend_pid(store) for _ in range(3)}
+    # The pool tests a connection before lending it: a broken one is replaced, not used.
+    assert _terminate_all(postgres_dsn) >= 1
+    assert store.get_repo("r").fence == fence
+    assert not {backend_pid(store) for _ in range(3)} & before
+    # A connection that breaks while its work runs: the work runs once more on a fresh one.
+    with caplog.at_level("WARNING", logger="codeindex.postgres"):
+        assert store.db.run(_breaks_once(postgres_dsn, "SELECT 1"), transaction=False) == 2
+        assert "connection lost, reconnecting" in caplog.text
+        caplog.clear()
+        # A transaction broken before its COMMIT was sent: nothing was committed, so it runs again.
+        assert store.db.write(_breaks_once(postgres_dsn, "UPDATE repos SET updated_at = 'x' WHERE repo_id = 'r'")) == 2
+        assert "connection lost, reconnecting" in caplog.text
+    store.commit_files("r", fence, [state("a.py", fence)], [], "c1")
     assert store.indexed_paths("r") == ["a.py"]
     store.close()
+
+
+def _breaks_once(dsn: str, statement: str):
+    """Work that runs ``statement``, its first session ended under it; returns how many runs it took."""
+    runs: list[int] = []
+
+    def work(conn) -> int:
+        runs.append(conn.info.backend_pid)
+        if len(runs) == 1:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+            time.sleep(0.1)
+        conn.execute(statement)
+        return len(runs)
+
+    return work
 
 
 def test_postgres_readonly_connection_refuses_writes_in_the_server(postgres_dsn):
     PostgresStateStore(postgres_dsn).close()
     ro = PostgresStateStore(postgres_dsn, readonly=True)
-    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-        ro.db.connection().execute("DELETE FROM repos")
+    with pytest.raises(StoreError, match="read-only transaction") as refused:
+        ro.db.run(lambda conn: conn.execute("DELETE FROM repos"), transaction=False)
+    assert isinstance(refused.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
     ro.close()
 
 
 def test_postgres_server_not_listening_is_a_quick_store_error_without_the_password():
     dsn = f"postgresql://codeindex:s3cr3t-pw@127.0.0.1:{free_port()}/state"
     started = time.monotonic()
-    with pytest.raises(StoreError, match="cannot connect to the state store") as caught:
+    with pytest.raises(StoreError, match="cannot reach the state store") as caught:
         PostgresStateStore(dsn, connect_timeout=2)
     assert time.monotonic() - started < 3
     assert "s3cr3t-pw" not in str(caught.value) and "127.0.0.1" in str(caught.value)
@@ -341,8 +372,7 @@ def test_postgres_store_outputs_match_sqlite_shapes(postgres_dsn, tmp_path):
         s.record_failure("run", "task", {"k": 1}, "err")
         failure = s.failures()[0]
         views.append((asdict(s.get_run("run")), s.repo_stats(), s.file_states("r", ["a.py"]), s.get_repo("r"),
-                      {k: type(v) for k, v in failure.items()},
-                      {k: v for k, v in failure.items() if k != "created_at"}))
+                      {k: type(v) for k, v in asdict(failure).items()}, replace(failure, created_at="")))
     assert views[0] == views[1]
     stores[1].close()
 

@@ -19,20 +19,20 @@ from tests.conftest import export_index, git, sync
 def fresh_full_index(root: Path, workdir: Path, repo_id: str = "repo") -> list[dict]:
     """Index a clean clone of ``root``'s HEAD in a new home; return its export."""
     from config.settings import configure, get_settings
-    from workers import resources
+    from workers import runtime
 
     before = get_settings()
     clone = workdir / f"clone-{uuid.uuid4().hex[:8]}"
     git(workdir, "clone", "-q", str(root), str(clone))
     configure(home=workdir / f"fresh-{uuid.uuid4().hex[:8]}", embedder=before.embedder)
-    resources.reset()
+    runtime.reset()
     try:
         summary = sync(clone, "all", repo_id=repo_id)
         assert summary["errors"] == 0
         return export_index()
     finally:
         configure(home=before.home, embedder=before.embedder)
-        resources.reset()
+        runtime.reset()
 
 
 def assert_exact(root: Path, workdir: Path) -> list[dict]:
@@ -191,21 +191,21 @@ def test_name_only_rename_keeps_old_path_until_delete_missing(real_repo: Path, i
 def test_failed_batch_leaves_state_unadvanced_and_next_sync_completes(real_repo: Path, index_home: Path, tmp_path: Path) -> None:
     from config.settings import get_settings
     from indexing.errors import SyncFailedError
-    from workers import resources
+    from workers import runtime
 
     index_home.mkdir(parents=True, exist_ok=True)
     (index_home / "lancedb").write_text("not a directory: the vector store cannot open")
     with pytest.raises(SyncFailedError, match="LanceDB"):
         sync(real_repo, "all")
-    state = resources.state_store(get_settings())
+    state = runtime.runtime().state
     assert state.indexed_paths("repo") == []
     assert state.get_repo("repo").last_commit is None
     runs = state.list_runs()
     assert runs[0].status == "failed"
-    assert state.failures()[0]["task"] == "codeindex.embed.batch"
+    assert state.failures()[0].task == "codeindex.embed.batch"
 
     (index_home / "lancedb").unlink()
-    resources.reset()
+    runtime.reset()
     summary = sync(real_repo, "detect")
     assert summary["errors"] == 0 and summary["added"] == len(python_files(real_repo)) + 1
     assert_exact(real_repo, tmp_path)
@@ -219,19 +219,19 @@ def test_chunks_left_by_a_failed_sync_are_deleted(real_repo: Path, index_home: P
     from config.settings import get_settings
     from indexing.ids import object_id
     from indexing.store import VectorObject
-    from workers import resources
+    from workers import runtime
 
     sync(real_repo, "all")
     target = python_files(real_repo)[2]
     settings = get_settings()
     # The failed sync: granted a fencing token, upserted a longer version of the file, never committed.
-    failed_fence = resources.state_store(settings).grant_fence("repo", str(real_repo), settings.collection)
+    failed_fence = runtime.runtime().state.grant_fence("repo", str(real_repo), settings.collection)
     leftover = VectorObject(
         id=object_id(settings.collection, "repo", target, 500), repo="repo", path=target, chunk_index=500,
         start_line=1, end_line=1, content="left by a failed sync", language="python", content_sha256="0" * 64,
         commit="", indexed_at="", embedding_model="feature-hashing-v1-384", fence=failed_fence,
         vector=np.ones(384, dtype=np.float32) / np.sqrt(384))
-    resources.vector_store(settings, settings.collection).upsert([leftover])
+    runtime.runtime().vector_store(settings.collection).upsert([leftover])
     edit_function(real_repo / target, "after-failure")
     git(real_repo, "commit", "-qam", "edit after a failed sync")
     summary = sync(real_repo, "detect")

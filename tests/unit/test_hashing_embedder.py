@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexing.embedders import Embedder, HashingEmbedder, embedder_for_model
+from indexing.embedders import Embedder, HashingEmbedder, embedder_kind_for_model, make_embedder
 
 SNIPPETS = [
     "def get_user_name(user):\n    return user.name",
@@ -113,7 +113,8 @@ def test_count_tokens():
 def test_model_id_encodes_dimension():
     assert HashingEmbedder().model_id == "feature-hashing-v1-384"
     assert HashingEmbedder(dimension=128).model_id == "feature-hashing-v1-128"
-    e = embedder_for_model("feature-hashing-v1-96")
+    kind, dimension = embedder_kind_for_model("feature-hashing-v1-96")
+    e = make_embedder(kind, hashing_dimension=dimension)
     assert isinstance(e, HashingEmbedder)
     assert e.dimension == 96
     assert e.embed(["x"]).shape == (1, 96)

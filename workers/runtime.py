@@ -1,0 +1,331 @@
+"""The runtime of one process: every object built from the settings (state store, shard
+registry, owner cache, Redis client, locks, circuit breakers, vector stores, embedding cache,
+embedder), made on first use and kept for the life of the settings.
+
+This is the one place where configuration picks the implementations, and the one place that
+holds process-wide state. A forked child (Celery's prefork pool, ``multiprocessing``) starts
+with none of it (:func:`os.register_at_fork`), so it never shares its parent's sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TypeVar
+
+import pybreaker
+import redis
+
+from config.celery import shard_queue
+from config.kinds import TaskKind, TaskPolicy, task_policy
+from config.settings import Settings, get_settings
+from indexing.embed_cache import EmbeddingCache, SQLiteEmbeddingCache
+from indexing.embedders import Embedder, embedder_kind_for_model, make_embedder
+from indexing.errors import UsageError
+from indexing.scanner import FileFilter
+from indexing.state import SQLiteStateStore, StateStore
+from indexing.store import VectorStore
+from indexing.sync import PlanLimits
+from workers import locks
+from workers.breakers import (
+    BREAKER_REDIS_TIMEOUT, Dependency, GuardedEmbedder, GuardedVectorStore, make_breaker,
+)
+from workers.placement import OwnerCache, Placement, place, preview_place
+from workers.redis_client import redis_client
+from workers.registry import ShardRegistry
+
+log = logging.getLogger("codeindex.runtime")
+
+T = TypeVar("T")
+
+#: A plan delivered to a shard that no longer owns its repository is sent on at most this often.
+MAX_HOPS = 3
+
+
+class Runtime:
+    """Everything one process talks to, built lazily from ``settings`` and kept.
+
+    It satisfies :class:`indexing.sync.SyncEnvironment`, so the sync's domain functions take it
+    as their environment. Thread-safe: objects are made once under a lock.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._made: dict[tuple, object] = {}
+        self._closing: list = []
+        self._policies = {kind: task_policy(kind, settings) for kind in TaskKind}
+        self._queues = {kind: p.queue.value if p.queue else None for kind, p in self._policies.items()}
+
+    def close(self) -> None:
+        """Close what holds connections (the PostgreSQL pools, the Redis clients); the runtime
+        is not used after this."""
+        with self._lock:
+            closing, self._closing, self._made = self._closing, [], {}
+        for thing in closing:
+            thing.close()
+
+    def _once(self, key: tuple, make: Callable[[], T], *, closes: bool = False) -> T:
+        """The object made once for ``key``; ``closes``: :meth:`close` closes it."""
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = made = make()
+                if closes:
+                    self._closing.append(made)
+            return self._made[key]  # type: ignore[return-value]
+
+    # what the settings describe
+
+    @property
+    def in_fleet(self) -> bool:
+        """True for a fleet worker or publisher: a real broker and PostgreSQL state."""
+        return bool(self.settings.state_url) and not self.settings.eager
+
+    @property
+    def home(self) -> Path:
+        """The index directory (``CODEINDEX_HOME``). Raises UsageError when it is not set (the CLI
+        sets it to ``<repository>/.codeindex``)."""
+        if self.settings.home is None:
+            raise UsageError("no index home: set CODEINDEX_HOME, or run codeindex inside a repository")
+        return Path(self.settings.home)
+
+    @property
+    def shard_id(self) -> str:
+        """The shard this process runs as (``local`` in the embedded mode)."""
+        return self.settings.shard_id
+
+    @property
+    def limits(self) -> PlanLimits:
+        """The planner's limits from the settings."""
+        s = self.settings
+        return PlanLimits(s.max_file_size, s.batch_files, s.batch_bytes, s.delete_threshold)
+
+    def task_policy(self, kind: TaskKind) -> TaskPolicy:
+        """The policy of tasks of ``kind`` under these settings (``config.kinds``)."""
+        return self._policies[kind]
+
+    # state, registry, placement
+
+    @property
+    def state(self) -> StateStore:
+        """The state store: PostgreSQL at ``CODEINDEX_STATE_URL`` when set, else the SQLite file
+        ``state.sqlite`` in the index home."""
+        if self.settings.state_url:
+            from indexing.pg_state import PostgresStateStore  # lazy: psycopg_pool only in a fleet
+
+            return self._once(("state",), lambda: PostgresStateStore(self.postgres()))
+        return self._once(("state",), lambda: SQLiteStateStore(self.home / "state.sqlite"))
+
+    def readonly_state(self) -> StateStore:
+        """The state store opened read-only (dry runs, status): nothing is ever written, not even
+        a missing SQLite file, which is therefore never cached (a later writer may create it)."""
+        if self.settings.state_url:
+            from indexing.pg_state import PostgresStateStore  # lazy: psycopg_pool only in a fleet
+
+            return self._once(("readonly-state",), lambda: PostgresStateStore(self.postgres(readonly=True)))
+        return SQLiteStateStore(self.home / "state.sqlite", readonly=True)
+
+    def postgres(self, readonly: bool = False):
+        """The pool of connections to ``CODEINDEX_STATE_URL`` (:class:`indexing.postgres.PgDatabase`),
+        shared by the state store and the registry."""
+        from indexing.postgres import PgDatabase  # lazy: psycopg_pool only in a fleet
+
+        if not self.settings.state_url:
+            raise UsageError("no PostgreSQL configured: set CODEINDEX_STATE_URL=postgresql://...")
+        what = "state store (read-only)" if readonly else "state store and shard registry"
+        return self._once(("postgres", readonly),
+                          lambda: PgDatabase(self.settings.state_url, what=what, readonly=readonly), closes=True)
+
+    @property
+    def registry(self) -> ShardRegistry:
+        """The shard registry in PostgreSQL. Raises :class:`UsageError` in the embedded mode,
+        which has one shard and no registry."""
+        if not self.settings.state_url:
+            raise UsageError("the shard registry lives in PostgreSQL: set CODEINDEX_STATE_URL=postgresql://... "
+                             "(and a Redis broker) to run a fleet")
+        return self._once(("registry",), lambda: ShardRegistry(self.postgres()))
+
+    @property
+    def owners(self) -> OwnerCache:
+        """The repositories' stored owners, cached for ``route_cache_seconds`` (reads only)."""
+        return self._once(("owners",), lambda: OwnerCache(self.registry, self.settings.route_cache_seconds))
+
+    def place(self, repo_id: str, *, dry_run: bool = False) -> Placement:
+        """Place ``repo_id`` explicitly (``repo add``, a sync of a repository new to the fleet):
+        keep its assignment to an active shard, else let the ring pick and store the choice.
+        ``dry_run``: say where it would go and write nothing. The embedded mode has one shard
+        and writes nothing. Raises :class:`~workers.placement.NoActiveShardError`,
+        :class:`~indexing.errors.StoreError`."""
+        if not self.in_fleet:
+            return Placement(repo_id, self.shard_id, self.shard_id, False)
+        if dry_run:
+            return preview_place(self.registry, repo_id)
+        placement = place(self.registry, repo_id)
+        self.owners.remember(repo_id, placement.shard_id)
+        return placement
+
+    def queue_for(self, kind: TaskKind, repo_id: str | None) -> str:
+        """The queue a task of ``kind`` goes to: its kind's queue, or for a repository-bound task
+        the owner's ``shard.<id>`` (read, never written: placement happened before the send).
+        Raises UsageError for a repository-bound task without a repository,
+        :class:`~workers.placement.UnplacedRepositoryError`, StoreError."""
+        queue = self._queues[kind]
+        if queue is not None:
+            return queue
+        if repo_id is None:
+            raise UsageError(f"a task of kind {kind} must carry a repo_id to be routed")
+        return shard_queue(self.owners.owner(repo_id) if self.in_fleet else self.shard_id)
+
+    def owner_elsewhere(self, repo_id: str, hops: int) -> str | None:
+        """The shard a repository-bound task that reached this one should go on to, or None to
+        run it here. Publishers cache owners: a plan that reaches a shard which stopped owning
+        the repository (drained, rebalanced) is forwarded, at most :data:`MAX_HOPS` times."""
+        if not self.in_fleet or hops >= MAX_HOPS:
+            return None
+        owner = self.owners.fresh_owner(repo_id)
+        if owner == self.shard_id:
+            return None
+        log.info("task for %s reached shard %s, which does not own it: forwarded to shard %s",
+                 repo_id, self.shard_id, owner)
+        return owner
+
+    # Redis, locks, breakers
+
+    @property
+    def redis(self) -> redis.Redis | None:
+        """The Redis client for locks (``CODEINDEX_REDIS_URL`` or a Redis broker), or None in the
+        embedded mode."""
+        url = self.settings.lock_redis_url
+        return None if url is None else self._once(("redis",), lambda: redis_client(url), closes=True)
+
+    def repo_lock(self, repo_id: str) -> AbstractContextManager:
+        """The lock that serialises planning and commits of ``repo_id``: a Redis lock (renewed while
+        held) in a fleet, a file lock under the index home otherwise.
+        Raises LockTimeoutError after ``settings.lock_timeout`` seconds of waiting."""
+        client = self.redis
+        if client is None:
+            return locks.repo_lock(self.home, repo_id, self.settings.lock_timeout)
+        return locks.redis_repo_lock(client, repo_id, ttl=self.settings.lock_ttl, timeout=self.settings.lock_timeout)
+
+    def breaker(self, dependency: Dependency) -> pybreaker.CircuitBreaker:
+        """The circuit breaker of ``dependency``, its state in Redis in a fleet, in memory otherwise.
+
+        When Redis cannot be reached to set it up, a closed in-memory breaker is returned and
+        not kept, so the next call tries Redis again (pybreaker likewise assumes a closed
+        breaker when its storage fails)."""
+        url = self.settings.lock_redis_url
+        key = ("breaker", dependency)
+        with self._lock:
+            if key in self._made:
+                return self._made[key]  # type: ignore[return-value]
+        s = self.settings
+        client = None if url is None else self._once(
+            ("breaker-redis",), lambda: redis_client(url, timeout=BREAKER_REDIS_TIMEOUT), closes=True)
+        try:
+            made = make_breaker(dependency, client, fail_max=s.breaker_fail_max, reset_timeout=s.breaker_reset_timeout)
+        except redis.RedisError as exc:
+            log.warning("circuit breaker state unreachable dependency=%s error=%s; using a closed in-memory "
+                        "breaker", dependency, exc)
+            return make_breaker(dependency, None, fail_max=s.breaker_fail_max, reset_timeout=s.breaker_reset_timeout)
+        return self._once(key, lambda: made)
+
+    # the sync's dependencies (indexing.sync.SyncEnvironment)
+
+    def vector_store(self, collection: str) -> VectorStore:
+        """The vector store of ``collection``: LanceDB at ``CODEINDEX_STORE_URI`` (default
+        ``<home>/lancedb``), one table per collection; in a fleet behind the shared
+        ``vector_store`` circuit breaker."""
+        from indexing.lance_store import LanceDBStore  # lazy: its module pulls pyarrow (0.3 s)
+
+        uri = self.settings.store_uri or str(self.home / "lancedb")
+        store: VectorStore = self._once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
+        if self.settings.lock_redis_url is None:
+            return store
+        return self._once(("guarded-lancedb", uri, collection),
+                          lambda: GuardedVectorStore(store, lambda: self.breaker(Dependency.VECTOR_STORE)))
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache:
+        """The embedding cache: SQLite file ``embeddings.sqlite`` in the index home."""
+        path = self.home / "embeddings.sqlite"
+        return self._once(("embedding-cache", str(path)), lambda: SQLiteEmbeddingCache(path))
+
+    @property
+    def embedder(self) -> Embedder:
+        """The configured embedder (``CODEINDEX_EMBEDDER``), loaded once; in a fleet behind the
+        shared ``embedder`` circuit breaker."""
+        s = self.settings
+        model = self._model(s.embedder, s.hashing_dimension)
+        if s.lock_redis_url is None:
+            return model
+        return self._once(("guarded-embedder", model.model_id),
+                          lambda: GuardedEmbedder(model, lambda: self.breaker(Dependency.EMBEDDER)))
+
+    def embedder_for_model(self, model_id: str) -> Embedder:
+        """The embedder that produced vectors of ``model_id`` (a search must use the collection's).
+        Raises CodeindexError for a model this installation cannot load."""
+        kind, dimension = embedder_kind_for_model(model_id)
+        return self._model(kind, dimension)
+
+    def _model(self, kind: str, dimension: int) -> Embedder:
+        batch = self.settings.model_batch_size
+        return self._once(("embedder", kind, dimension, batch),
+                          lambda: make_embedder(kind, hashing_dimension=dimension, batch_size=batch))
+
+    def file_filter(self, root: Path) -> FileFilter:
+        """The include/exclude/.gitignore filter for repository ``root``; the index home is excluded."""
+        s = self.settings
+        extra = []
+        try:
+            extra.append(self.home.resolve().relative_to(Path(root).resolve()).parts[0])
+        except (ValueError, IndexError, UsageError):
+            pass
+        return FileFilter(root, s.include, s.exclude, s.use_gitignore, extra_excluded_dirs=extra)
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+#: Runtimes a forked child inherited. They are kept, never used: letting them be collected
+#: would run their connection pools' finalisers on the parent's sockets and threads.
+_inherited: list[Runtime] = []
+
+
+def runtime() -> Runtime:
+    """The runtime of this process for the current settings (``config.get_settings()``); a new
+    one when the settings were replaced (``config.configure``)."""
+    global _current
+    settings = get_settings()
+    current = _current
+    if current is not None and current.settings is settings:
+        return current  # the common case, without the lock (every routed message asks)
+    with _lock:
+        if _current is None or _current.settings is not settings:
+            _current = Runtime(settings)
+        return _current
+
+
+def reset() -> None:
+    """Close and forget the runtime (tests, and the CLI after changing settings); the next
+    :func:`runtime` builds a new one."""
+    global _current
+    with _lock:
+        old, _current = _current, None
+    if old is not None:
+        old.close()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's lock may have been held by another thread at fork time, and its objects'
+    # sockets belong to the parent: start afresh, keeping the parent's objects out of reach.
+    global _lock, _current
+    _lock = threading.Lock()
+    if _current is not None:
+        _inherited.append(_current)
+    _current = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
