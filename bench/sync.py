@@ -255,11 +255,11 @@ def edit_files(root: Path, paths: list[str], count: int, seed: int) -> dict[str,
 def configure(home: Path, embedder: str):
     """Configure codeindex exactly as the CLI does, with ``home`` and ``embedder`` overridden."""
     from config import settings as settings_mod
-    from workers import resources
+    from workers import runtime
     from workers.app import apply_settings
 
     settings = settings_mod.configure(home=home, embedder=embedder)
-    resources.reset()
+    runtime.reset()
     apply_settings(settings)
     return settings
 
@@ -349,17 +349,15 @@ class Phases:
 
     def __enter__(self) -> Phases:
         import indexing.sync as isync
-        import tasks.embed as tembed
-        import tasks.sync as tsync
         from indexing.embed_cache import SQLiteEmbeddingCache
         from indexing.embedders import HashingEmbedder, MiniLMEmbedder
         from indexing.lance_store import LanceDBStore
         from indexing.state import SQLiteStateStore
 
         where = lambda p: "read+decode (plan)" if p._in_plan else "read+decode (batch)"  # noqa: E731
-        self._wrap(tsync, "plan_sync", "plan_sync", plan_flag=True)
-        self._wrap(tembed, "index_batch", "index_batch")
-        self._wrap(tsync, "commit_sync", "commit_sync")
+        self._wrap(isync, "plan_sync", "plan_sync", plan_flag=True)
+        self._wrap(isync, "index_batch", "index_batch")
+        self._wrap(isync, "commit_sync", "commit_sync")
         for name in ("head_commit", "git_changes", "commit_exists"):
             self._wrap(isync, name, "git")
         self._wrap(isync, "read_file", where)
@@ -476,13 +474,13 @@ def bench_model(report: Report, work: Path, n_files: int) -> None:
     from indexing.ids import sha256_hex
     from indexing.languages import language_of
     from indexing.scanner import decode, read_file
-    from workers import resources
+    from workers.runtime import runtime
 
     tree = work / "tree-a"
     log(f"A: building a {n_files}-file tree (files up to {MODEL_TREE_MAX_BYTES // 1024} KiB)")
     build_tree(tree, n_files, SMALL_TREE_PACKAGES, MODEL_TREE_MAX_BYTES)
     settings = configure(work / "home-a", "minilm")
-    embedder = resources.embedder(settings)
+    embedder = runtime().embedder
     log("A: loading and warming up all-MiniLM-L6-v2 (not timed)")
     warm = ["def warm_up(x):\n    return x + 1", "class Warm:\n    pass", "# warm up\nimport os"] * 4
     embedder.count_tokens(warm)
@@ -650,13 +648,13 @@ def bench_reuse(report: Report, work: Path, n_files: int, n_edits: int) -> None:
     from indexing.chunking import chunk_text
     from indexing.ids import sha256_hex
     from indexing.languages import language_of
-    from workers import resources
+    from workers.runtime import runtime
 
     tree = work / "tree-c"
     log(f"C: building a {n_files}-file tree")
     paths = build_tree(tree, n_files, SMALL_TREE_PACKAGES)
     settings = configure(work / "home-c", "hashing")
-    embedder = resources.embedder(settings)
+    embedder = runtime().embedder
     log("C: full index (source=all)")
     full, full_s = run_sync(tree, "all")
     log(f"C: full index {full_s:.2f}s: {counts(full)}")
