@@ -12,11 +12,14 @@ import enum
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from indexing.errors import UnknownShardError
-from indexing.postgres import PgDatabase, migrate
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from indexing.postgres import PgDatabase
 
 log = logging.getLogger("codeindex.registry")
 
@@ -94,6 +97,8 @@ class ShardRegistry:
     """
 
     def __init__(self, database: str | PgDatabase, *, connect_timeout: float = 5.0) -> None:
+        from indexing.postgres import PgDatabase, migrate  # lazy: psycopg and its pool only in a fleet
+
         owned = not isinstance(database, PgDatabase)
         self.db = PgDatabase(database, what="shard registry", connect_timeout=connect_timeout) if owned else database
         try:

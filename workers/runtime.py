@@ -15,10 +15,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TypeVar
-
-import pybreaker
-import redis
+from typing import TYPE_CHECKING, TypeVar
 
 from config.celery import shard_queue
 from config.kinds import TaskKind, TaskPolicy, task_policy
@@ -31,12 +28,15 @@ from indexing.state import SQLiteStateStore, StateStore
 from indexing.store import VectorStore
 from indexing.sync import PlanLimits
 from workers import locks
-from workers.breakers import (
-    BREAKER_REDIS_TIMEOUT, Dependency, GuardedEmbedder, GuardedVectorStore, make_breaker,
-)
-from workers.placement import OwnerCache, Placement, place, preview_place
-from workers.redis_client import redis_client
-from workers.registry import ShardRegistry
+
+if TYPE_CHECKING:
+    import pybreaker
+    import redis
+
+    from indexing.postgres import PgDatabase
+    from workers.breakers import Dependency
+    from workers.placement import OwnerCache, Placement
+    from workers.registry import ShardRegistry
 
 log = logging.getLogger("codeindex.runtime")
 
@@ -129,9 +129,8 @@ class Runtime:
             return self._once(("readonly-state",), lambda: PostgresStateStore(self.postgres(readonly=True)))
         return SQLiteStateStore(self.home / "state.sqlite", readonly=True)
 
-    def postgres(self, readonly: bool = False):
-        """The pool of connections to ``CODEINDEX_STATE_URL`` (:class:`indexing.postgres.PgDatabase`),
-        shared by the state store and the registry."""
+    def postgres(self, readonly: bool = False) -> PgDatabase:
+        """The pool of connections to ``CODEINDEX_STATE_URL``, shared by the state store and the registry."""
         from indexing.postgres import PgDatabase  # lazy: psycopg_pool only in a fleet
 
         if not self.settings.state_url:
@@ -144,6 +143,8 @@ class Runtime:
     def registry(self) -> ShardRegistry:
         """The shard registry in PostgreSQL. Raises :class:`UsageError` in the embedded mode,
         which has one shard and no registry."""
+        from workers.registry import ShardRegistry  # lazy: a fleet's (psycopg)
+
         if not self.settings.state_url:
             raise UsageError("the shard registry lives in PostgreSQL: set CODEINDEX_STATE_URL=postgresql://... "
                              "(and a Redis broker) to run a fleet")
@@ -152,6 +153,8 @@ class Runtime:
     @property
     def owners(self) -> OwnerCache:
         """The repositories' stored owners, cached for ``route_cache_seconds`` (reads only)."""
+        from workers.placement import OwnerCache  # lazy: a fleet's (tenacity, the ring)
+
         return self._once(("owners",), lambda: OwnerCache(self.registry, self.settings.route_cache_seconds))
 
     def place(self, repo_id: str, *, dry_run: bool = False) -> Placement:
@@ -160,6 +163,8 @@ class Runtime:
         ``dry_run``: say where it would go and write nothing. The embedded mode has one shard
         and writes nothing. Raises :class:`~workers.placement.NoActiveShardError`,
         :class:`~indexing.errors.StoreError`."""
+        from workers.placement import Placement, place, preview_place  # lazy: a fleet's
+
         if not self.in_fleet:
             return Placement(repo_id, self.shard_id, self.shard_id, False)
         if dry_run:
@@ -199,6 +204,8 @@ class Runtime:
     def redis(self) -> redis.Redis | None:
         """The Redis client for locks (``CODEINDEX_REDIS_URL`` or a Redis broker), or None in the
         embedded mode."""
+        from workers.redis_client import redis_client  # lazy: a fleet's
+
         url = self.settings.lock_redis_url
         return None if url is None else self._once(("redis",), lambda: redis_client(url), closes=True)
 
@@ -217,6 +224,11 @@ class Runtime:
         When Redis cannot be reached to set it up, a closed in-memory breaker is returned and
         not kept, so the next call tries Redis again (pybreaker likewise assumes a closed
         breaker when its storage fails)."""
+        import redis  # lazy: a fleet's
+
+        from workers.breakers import BREAKER_REDIS_TIMEOUT, make_breaker  # lazy: a fleet's (pybreaker)
+        from workers.redis_client import redis_client  # lazy: a fleet's
+
         url = self.settings.lock_redis_url
         key = ("breaker", dependency)
         with self._lock:
@@ -245,6 +257,8 @@ class Runtime:
         store: VectorStore = self._once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
         if self.settings.lock_redis_url is None:
             return store
+        from workers.breakers import Dependency, GuardedVectorStore  # lazy: a fleet's (pybreaker)
+
         return self._once(("guarded-lancedb", uri, collection),
                           lambda: GuardedVectorStore(store, lambda: self.breaker(Dependency.VECTOR_STORE)))
 
@@ -262,6 +276,8 @@ class Runtime:
         model = self._model(s.embedder, s.hashing_dimension)
         if s.lock_redis_url is None:
             return model
+        from workers.breakers import Dependency, GuardedEmbedder  # lazy: a fleet's (pybreaker)
+
         return self._once(("guarded-embedder", model.model_id),
                           lambda: GuardedEmbedder(model, lambda: self.breaker(Dependency.EMBEDDER)))
 
