@@ -129,14 +129,17 @@ def _dispatch(request, show_progress: bool) -> dict:
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
         bar = progress.add_task(f"indexing {request.repo_id}", total=None)
-        while thread.is_alive():
+        while True:
             thread.join(0.2)
+            finished = not thread.is_alive()
             try:
                 run = state.get_run(request.run_id)
             except CodeindexError:
                 run = None
             if run and run.files_total:
                 progress.update(bar, total=run.files_total, completed=run.files_done)
+            if finished:  # the last update after the sync ended, so the bar shows where it got to
+                break
     if "error" in box:
         raise box["error"]
     return box["result"]

@@ -242,7 +242,7 @@ class SQLiteStateStore:
     """Sync state in one SQLite file (rollback journal, one connection per thread).
 
     With ``readonly=True`` nothing is ever written, and a missing file reads as an empty
-    state (what ``--dry-run`` needs: it must not even create the file).
+    state until a writer creates it (what ``--dry-run`` needs: it must not even create the file).
     Raises :class:`StoreError` for a database error, :class:`StaleFenceError` from
     :meth:`commit_files` when a newer writer already committed.
     """
@@ -311,7 +311,9 @@ class SQLiteStateStore:
 
     def _query(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
         if self._absent:
-            return []
+            if not self.path.exists():
+                return []
+            self._absent = False  # a writer created it since (a sync this reader follows)
         try:
             return self._conn().execute(sql, list(params)).fetchall()
         except sqlite3.Error as exc:

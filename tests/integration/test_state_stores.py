@@ -398,3 +398,12 @@ def test_sqlite_write_errors_are_store_errors(tmp_path) -> None:
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+def test_sqlite_reader_opened_before_the_file_exists_sees_it_once_written(tmp_path) -> None:
+    """What the CLI's progress bar does on a first sync: it opens the state read-only while the
+    sync it follows has not created the file yet."""
+    reader = SQLiteStateStore(tmp_path / "state.sqlite", readonly=True)
+    assert reader.get_run("r") is None and not (tmp_path / "state.sqlite").exists()
+    SQLiteStateStore(tmp_path / "state.sqlite").start_run(RunRecord(id="r", repo_id="x", trigger="t"))
+    assert reader.get_run("r").status == "running"
