@@ -83,6 +83,13 @@ class BrokerUnavailableError(CodeindexError):
     exit_code = 4
 
 
+class SyncInterrupted(CodeindexError):
+    """The sync was interrupted (SIGINT): nothing of the run in progress was committed, and the
+    next sync completes its work. Exit code 130, as a shell reports a process ended by SIGINT."""
+
+    exit_code = 130
+
+
 class SyncFailedError(CodeindexError):
     """A step of the sync failed after its retries; the state is as it was before the sync."""
 
@@ -91,9 +98,12 @@ class FileIssue(Exception):
     """A problem with one file: it is reported and counted, and the sync goes on.
 
     ``status`` is ``"error"`` (counted in Errors, exit code 1) or ``"skipped"``
-    (binary, oversized, ignored: reported, not a failure).
+    (binary, oversized, ignored: reported, not a failure). ``transient``: the file may be
+    readable next time (permission denied, an I/O error), so an indexed file keeps its objects;
+    any other problem means its content is no longer indexable, and an indexed file is deleted
+    from the index.
     """
 
-    def __init__(self, reason: str, status: str = "error") -> None:
+    def __init__(self, reason: str, status: str = "error", *, transient: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.status = reason, status
+        self.reason, self.status, self.transient = reason, status, transient

@@ -1,11 +1,19 @@
-"""Turning a path from a change source into a safe path relative to the repository root.
+"""Paths from a change source, made safe: a POSIX path relative to the repository root, and the
+one containment check every read goes through.
 
-Paths outside the root, and symlinks whose target leaves it, are refused (DESIGN.md,
-"Reliability rules": bad input gets a clear error and loses nothing).
+Two rules (DESIGN.md, "Reliability rules": bad input gets a clear error and loses nothing):
+
+- :func:`relative_path` refuses, lexically, a path that leaves the root or names it;
+- :func:`open_inside` is the only way codeindex opens a file of a repository: the path is
+  resolved, refused when it resolves outside the root (a symlink, of the file or of a
+  directory above it), and then opened one component at a time beneath the root without
+  following any symlink (``openat`` with ``O_NOFOLLOW``), so a symlink swapped in between the
+  check and the read cannot lead outside either.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path, PurePosixPath
 
@@ -13,11 +21,13 @@ from indexing.errors import FileIssue
 
 
 def relative_path(root: Path, raw: str) -> str:
-    """Return ``raw`` as a POSIX path relative to ``root``.
+    """Return ``raw`` as a POSIX path relative to ``root``, lexically.
 
-    ``raw`` may be relative to the root (as git prints paths) or absolute inside it.
-    Raises :class:`FileIssue` (status ``error``) when the path leaves the root, lexically
-    or through a symlink, and when it is empty or names the root itself.
+    ``raw`` may be relative to the root (as git prints paths) or absolute inside it (either
+    spelling of a symlinked root). Raises :class:`FileIssue` (status ``error``) when the path
+    leaves the root, when it is empty or holds a NUL, and when it names the root itself.
+    Symlinks are not followed here: :func:`open_inside` checks where a path really leads when
+    the file is read.
     """
     if not raw or "\x00" in raw:
         raise FileIssue("empty or invalid path")
@@ -26,14 +36,11 @@ def relative_path(root: Path, raw: str) -> str:
     normal = Path(os.path.normpath(candidate))
     rel = _inside(normal, root_abs)
     if rel is None:
-        root_real = Path(os.path.realpath(root_abs))
-        rel = _inside(normal, root_real)
+        rel = _inside(normal, Path(os.path.realpath(root_abs)))
         if rel is None:
             raise FileIssue(f"outside the repository root {root_abs}")
-        root_abs = root_real
     if rel in ("", "."):
         raise FileIssue("names the repository root, not a file")
-    _refuse_escaping_symlink(root_abs, rel)
     return PurePosixPath(*Path(rel).parts).as_posix()
 
 
@@ -44,13 +51,68 @@ def _inside(path: Path, root: Path) -> str | None:
         return None
 
 
-def _refuse_escaping_symlink(root: Path, rel: str) -> None:
-    """Raise FileIssue when ``rel`` or one of its parents is a symlink leading outside ``root``."""
-    current = root
+def resolve_inside(root: Path, rel: str) -> str:
+    """Where ``root/rel`` really leads: its path relative to the root's real path, every symlink
+    resolved (``os.sep`` separated).
+
+    Raises :class:`FileIssue`: ``symlink pointing outside the repository`` when it resolves
+    outside the root; ``file not found`` (also a dangling symlink); ``unreadable: ...`` for a
+    symlink loop or a name too long. None of these is transient.
+    """
     root_real = os.path.realpath(root)
-    for part in Path(rel).parts:
-        current = current / part
-        if current.is_symlink():
-            target = os.path.realpath(current)
-            if target != root_real and not target.startswith(root_real + os.sep):
-                raise FileIssue(f"symlink pointing outside the repository ({target})")
+    try:
+        target = os.path.realpath(os.path.join(root, rel), strict=True)
+    except FileNotFoundError:
+        raise FileIssue("file not found") from None
+    except OSError as exc:
+        raise FileIssue(f"unreadable: {exc.strerror or exc}") from None
+    if target != root_real and not target.startswith(root_real.rstrip(os.sep) + os.sep):
+        raise FileIssue(f"symlink pointing outside the repository ({target})")
+    inner = os.path.relpath(target, root_real)
+    if inner == ".":
+        raise FileIssue("not a regular file")
+    return inner
+
+
+def open_inside(root: Path, rel: str) -> int:
+    """Open ``root/rel`` for reading through the containment check; a file descriptor the caller
+    closes.
+
+    The path is resolved (:func:`resolve_inside`), then opened from the root's real path one
+    component at a time with ``O_NOFOLLOW``, and non-blocking, so a FIFO cannot hang the
+    read. Raises :class:`FileIssue`: those of :func:`resolve_inside`; ``changed while being
+    read`` when a component became a symlink after the check; ``permission denied`` and other
+    ``unreadable: ...`` errors, which are transient (the file may be readable next time).
+    """
+    parts = resolve_inside(root, rel).split(os.sep)
+    try:
+        dir_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _issue(exc) from None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = inner
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _issue(exc) from None
+    finally:
+        os.close(dir_fd)
+
+
+def is_linked(root: Path, rel: str) -> bool:
+    """True when ``root/rel`` leads through a symlink (of the file or a directory above it):
+    its content can change when the link's target does, without the path being named."""
+    real = os.path.realpath(os.path.join(root, rel))
+    return real != os.path.join(os.path.realpath(root), *PurePosixPath(rel).parts)
+
+
+def _issue(exc: OSError) -> FileIssue:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return FileIssue("changed while being read: a symlink or a file replaced a directory of its path")
+    if exc.errno == errno.ENOENT:
+        return FileIssue("file not found")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FileIssue("permission denied", transient=True)
+    return FileIssue(f"unreadable: {exc.strerror or exc}", transient=True)

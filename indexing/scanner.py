@@ -8,7 +8,10 @@ are skipped; text is UTF-8 with a Latin-1 fallback, and the encoding is recorded
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,10 @@ from pathlib import Path
 import pathspec
 
 from indexing.errors import FileIssue
+from indexing.paths import open_inside
+
+#: The largest ``.gitignore`` read (bytes); a larger one is ignored as unreadable.
+GITIGNORE_MAX_BYTES = 1_048_576
 
 ALWAYS_EXCLUDED_DIRS = frozenset({".git", ".codeindex", ".hg", ".svn"})
 BINARY_SNIFF_BYTES = 8192
@@ -29,6 +36,8 @@ class FileFilter:
 
     ``include``/``exclude`` are gitignore-style patterns (an empty ``include`` admits every
     file); ``.gitignore`` files under ``root`` are honoured when ``use_gitignore``.
+    ``fingerprint`` identifies the rules besides the ``.gitignore`` files themselves: when it
+    changes, every indexed file is evaluated again (``indexing.sync.plan_sync``).
     """
 
     def __init__(
@@ -45,6 +54,9 @@ class FileFilter:
         self._use_gitignore = use_gitignore
         self._ignore_cache: dict[str, pathspec.GitIgnoreSpec | None] = {}
         self._excluded_dirs = set(ALWAYS_EXCLUDED_DIRS) | set(extra_excluded_dirs)
+        rules = {"include": list(include), "exclude": list(exclude), "gitignore": use_gitignore,
+                 "excluded_dirs": sorted(self._excluded_dirs)}
+        self.fingerprint = hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:16]
 
     def reason_to_skip(self, rel: str) -> str | None:
         """Return why ``rel`` (POSIX, relative) is not indexed, or None when it may be."""
@@ -69,14 +81,15 @@ class FileFilter:
         return self._use_gitignore and self._gitignored(parts, is_dir=True)
 
     def _spec_for(self, rel_dir: str) -> pathspec.GitIgnoreSpec | None:
+        """The rules of ``<rel_dir>/.gitignore``, read through the containment check like any
+        file (a ``.gitignore`` symlink pointing outside is not read); None when there is none."""
         if rel_dir not in self._ignore_cache:
-            path = self.root / rel_dir / ".gitignore" if rel_dir else self.root / ".gitignore"
-            spec = None
-            if path.is_file():
-                try:
-                    spec = pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8", errors="replace").splitlines())
-                except (OSError, ValueError):
-                    spec = None
+            rel = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
+            try:
+                text = read_file(self.root, rel, GITIGNORE_MAX_BYTES).decode("utf-8", errors="replace")
+                spec = pathspec.GitIgnoreSpec.from_lines(text.splitlines())
+            except (FileIssue, ValueError):
+                spec = None
             self._ignore_cache[rel_dir] = spec
         return self._ignore_cache[rel_dir]
 
@@ -102,16 +115,18 @@ class FileFilter:
         return bool(verdict)
 
 
-def walk(root: Path, file_filter: FileFilter) -> Iterator[str]:
-    """Yield every indexable file under ``root`` as a POSIX path relative to it.
+def walk(root: Path, file_filter: FileFilter, under: str = "") -> Iterator[str]:
+    """Yield every indexable file under ``root`` (or under its directory ``under``, a POSIX path
+    relative to it) as a POSIX path relative to ``root``.
 
     Order: depth first, entries sorted by name within each directory (repeatable).
     Directories excluded by the filter are pruned (never descended into); symlinks to
-    directories are not followed; symlinks to files are yielded (the planner refuses those
-    that leave the root). Files the filter rejects are not yielded.
+    directories are not followed; other symlinks are yielded, dangling and looping ones
+    too (reading refuses those that leave the root or lead nowhere, and says why). Files the
+    filter rejects are not yielded. An unreadable directory is passed over.
     """
     root = Path(root)
-    stack = [""]
+    stack = [under.strip("/")]
     while stack:
         rel_dir = stack.pop()
         try:
@@ -124,10 +139,18 @@ def walk(root: Path, file_filter: FileFilter) -> Iterator[str]:
             if entry.is_dir(follow_symlinks=False):
                 if not file_filter.dir_excluded(rel):
                     subdirs.append(rel)
-            elif entry.is_file(follow_symlinks=False) or (entry.is_symlink() and not entry.is_dir()):
-                if file_filter.reason_to_skip(rel) is None:
-                    yield rel
+            elif (entry.is_file(follow_symlinks=False) or (entry.is_symlink() and not _links_to_dir(entry))) \
+                    and file_filter.reason_to_skip(rel) is None:
+                yield rel
         stack.extend(reversed(subdirs))
+
+
+def _links_to_dir(entry: os.DirEntry) -> bool:
+    """True for a symlink to a directory; False for one that loops or leads nowhere."""
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP, ENAMETOOLONG: reading it will report why
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,28 +180,28 @@ def decode(data: bytes) -> DecodedText:
 
 
 def read_file(root: Path, rel: str, max_size: int) -> bytes:
-    """Read ``root/rel`` whole, refusing files above ``max_size`` bytes.
+    """Read ``root/rel`` whole, through the containment check (:func:`indexing.paths.open_inside`:
+    a path that resolves outside the root is refused at the moment of reading), refusing
+    files above ``max_size`` bytes.
 
-    Raises :class:`FileIssue`: ``error`` for a missing file, a permission error or a
-    non-regular file; ``skipped`` for an oversized one.
+    Raises :class:`FileIssue`: ``error`` for a missing file, a symlink pointing outside, a
+    non-regular file, a permission error; ``skipped`` for an oversized one.
     """
-    path = Path(root) / rel
+    fd = open_inside(root, rel)
     try:
-        st = path.stat()
-        if not path.is_file():
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileIssue("is a directory")
+        if not stat.S_ISREG(st.st_mode):
             raise FileIssue("not a regular file")
         if st.st_size > max_size:
             raise FileIssue(f"oversized: {st.st_size} bytes > limit {max_size}", status="skipped")
-        with open(path, "rb") as fh:
+        with os.fdopen(os.dup(fd), "rb") as fh:
             data = fh.read(max_size + 1)
-    except FileNotFoundError:
-        raise FileIssue("file not found") from None
-    except PermissionError:
-        raise FileIssue("permission denied") from None
-    except IsADirectoryError:
-        raise FileIssue("is a directory") from None
     except OSError as exc:
-        raise FileIssue(f"unreadable: {exc.strerror or exc}") from None
+        raise FileIssue(f"unreadable: {exc.strerror or exc}", transient=True) from None
+    finally:
+        os.close(fd)
     if len(data) > max_size:
         raise FileIssue(f"oversized: more than {max_size} bytes", status="skipped")
     return data

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from indexing.errors import FileIssue
+from indexing.paths import is_linked as paths_is_linked
 from indexing.paths import relative_path
 from indexing.scanner import ALWAYS_EXCLUDED_DIRS, DecodedText, FileFilter, decode, read_file, walk
 
@@ -84,38 +85,75 @@ def test_relative_path_refuses_empty_root_and_nul(repo: Path, raw: str):
         relative_path(repo, raw)
 
 
-def test_relative_path_refuses_symlink_pointing_outside(repo: Path, tmp_path: Path):
+def test_relative_path_is_lexical_reading_is_where_symlinks_are_checked(repo: Path, tmp_path: Path):
     outside = tmp_path / "outside"
     _touch(outside, "secret.py", "TOKEN = 1\n")
     os.symlink(outside / "secret.py", repo / "leak.py")
     os.symlink(outside, repo / "leakdir")
-    with pytest.raises(FileIssue, match="symlink") as info:
-        relative_path(repo, "leak.py")
-    assert info.value.status == "error"
-    with pytest.raises(FileIssue, match="symlink"):
-        relative_path(repo, "leakdir/secret.py")
-    with pytest.raises(FileIssue, match="symlink"):
-        relative_path(repo, str(repo / "leakdir" / "secret.py"))
+    assert relative_path(repo, "leak.py") == "leak.py"
+    assert relative_path(repo, "leakdir/secret.py") == "leakdir/secret.py"
+    for rel in ("leak.py", "leakdir/secret.py"):
+        with pytest.raises(FileIssue, match="symlink pointing outside the repository") as info:
+            read_file(repo, rel, 100)
+        assert info.value.status == "error" and not info.value.transient
 
 
-def test_relative_path_refuses_symlink_chain_leaving_root(repo: Path, tmp_path: Path):
+def test_reading_refuses_a_symlink_chain_leaving_root(repo: Path, tmp_path: Path):
     os.symlink(tmp_path, repo / "up")  # a directory link to the root's parent
-    with pytest.raises(FileIssue, match="symlink"):
-        relative_path(repo, "up/repo/a.py")
+    _touch(tmp_path, "elsewhere.py", "SECRET = 1\n")
+    with pytest.raises(FileIssue, match="symlink pointing outside"):
+        read_file(repo, "up/elsewhere.py", 100)
+    assert read_file(repo, "up/repo/a.py", 100) == b"x = 1\n"  # out and back in: the file is the root's
+    os.symlink("../../elsewhere.py", repo / "pkg" / "rel_escape.py")  # relative, and out
+    with pytest.raises(FileIssue, match="symlink pointing outside"):
+        read_file(repo, "pkg/rel_escape.py", 100)
 
 
-def test_relative_path_accepts_symlink_inside_root(repo: Path):
+def test_reading_accepts_symlinks_inside_root(repo: Path):
     os.symlink(repo / "pkg" / "mod.py", repo / "alias.py")
     os.symlink("pkg", repo / "pkglink")  # relative target
-    assert relative_path(repo, "alias.py") == "alias.py"
-    assert relative_path(repo, "pkglink/mod.py") == "pkglink/mod.py"
     os.symlink(repo, repo / "self")  # a link to the root itself stays inside
-    assert relative_path(repo, "self/a.py") == "self/a.py"
+    expected = (repo / "pkg" / "mod.py").read_bytes()
+    assert read_file(repo, "alias.py", 1000) == expected
+    assert read_file(repo, "pkglink/mod.py", 1000) == expected
+    assert read_file(repo, "self/pkg/mod.py", 1000) == expected
 
 
-def test_relative_path_dangling_symlink_inside_is_accepted(repo: Path):
-    os.symlink(repo / "gone.py", repo / "dangling.py")
-    assert relative_path(repo, "dangling.py") == "dangling.py"
+def test_reading_a_symlink_loop_or_a_fifo_is_refused_not_hung(repo: Path):
+    os.symlink("loop-b", repo / "loop-a")
+    os.symlink("loop-a", repo / "loop-b")
+    with pytest.raises(FileIssue, match="unreadable: Too many levels of symbolic links"):
+        read_file(repo, "loop-a", 100)
+    os.mkfifo(repo / "pipe")
+    with pytest.raises(FileIssue, match="not a regular file"):
+        read_file(repo, "pipe", 100)
+
+
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(repo: Path, tmp_path: Path, monkeypatch):
+    """The race the check-then-open order leaves: between resolving the path and opening it, a
+    directory of the path becomes a symlink to outside. Opening beneath the root without
+    following symlinks refuses it."""
+    from indexing import paths
+
+    _touch(tmp_path / "outside", "mod.py", "SECRET = 1\n")
+    real_resolve = paths.resolve_inside
+
+    def resolve_then_swap(root, rel):
+        inner = real_resolve(root, rel)
+        (repo / "pkg").rename(repo / "pkg-moved")
+        os.symlink(tmp_path / "outside", repo / "pkg")
+        return inner
+
+    monkeypatch.setattr(paths, "resolve_inside", resolve_then_swap)
+    with pytest.raises(FileIssue, match="changed while being read"):
+        read_file(repo, "pkg/mod.py", 100)
+
+
+def test_is_linked(repo: Path):
+    os.symlink(repo / "pkg" / "mod.py", repo / "alias.py")
+    os.symlink("pkg", repo / "pkglink")
+    assert paths_is_linked(repo, "alias.py") and paths_is_linked(repo, "pkglink/mod.py")
+    assert not paths_is_linked(repo, "pkg/mod.py")
 
 
 def test_relative_path_through_symlinked_root(repo: Path, tmp_path: Path):
