@@ -86,6 +86,7 @@ class FileResult(BaseModel):
     language: str = ""
     reason: str = ""
     skipped: bool = False
+    linked: bool = False
     embedded: int = 0
     reused: int = 0
 
@@ -102,6 +103,7 @@ class CommitJob(RunContext):
     trigger: str
     started_at: str
     files_total: int = Field(default=0, ge=0, description="Files sent to the embedding batches.")
+    filter_fingerprint: str = Field(default="", description="The filter settings the plan was made under.")
     files: list[PlannedFile]
 
 

@@ -49,6 +49,12 @@ STATE_SCHEMA: list[str] = [
         arguments text NOT NULL, error text NOT NULL, created_at text NOT NULL, replayed_at text)""",
     # The single-schema bookkeeping of earlier versions; codeindex_migrations replaced it.
     "DROP TABLE IF EXISTS codeindex_schema",
+    "ALTER TABLE repos ADD COLUMN IF NOT EXISTS filter_fingerprint text",
+    "ALTER TABLE files ADD COLUMN IF NOT EXISTS linked boolean NOT NULL DEFAULT false",
+    "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT ''",
+    "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS task_id text NOT NULL DEFAULT ''",
+    "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS request text NOT NULL DEFAULT ''",
+    "CREATE INDEX IF NOT EXISTS sync_runs_running ON sync_runs (status, shard_id)",
 ]
 
 
@@ -58,12 +64,12 @@ _FILE_COLUMNS = ", ".join(_FILE_FIELDS)
 # The rows travel as one JSON array per statement: psycopg dumps 10,000-element Python lists
 # as arrays slower than the server inserts them; json.dumps is C.
 _UPSERT_FILES = (
-    "INSERT INTO files (repo_id, path, sha256, size, chunk_count, encoding, language, fence, indexed_at) "
+    "INSERT INTO files (repo_id, path, sha256, size, chunk_count, encoding, language, fence, indexed_at, linked) "
     "SELECT %s::text, * FROM json_to_recordset(%s::json) AS t(path text, sha256 text, size bigint, "
-    "chunk_count integer, encoding text, language text, fence bigint, indexed_at text) "
+    "chunk_count integer, encoding text, language text, fence bigint, indexed_at text, linked boolean) "
     "ON CONFLICT (repo_id, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
     "chunk_count = excluded.chunk_count, encoding = excluded.encoding, language = excluded.language, "
-    "fence = excluded.fence, indexed_at = excluded.indexed_at")
+    "fence = excluded.fence, indexed_at = excluded.indexed_at, linked = excluded.linked")
 
 
 class PostgresStateStore:
@@ -112,8 +118,8 @@ class PostgresStateStore:
             [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()]))
 
     def get_repo(self, repo_id: str) -> RepoRecord | None:
-        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence FROM repos "
-                           "WHERE repo_id = %s", [repo_id])
+        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence, "
+                           "filter_fingerprint FROM repos WHERE repo_id = %s", [repo_id])
         return RepoRecord(**rows[0]) if rows else None
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
@@ -142,8 +148,13 @@ class PostgresStateStore:
         return [r["path"] for r in self._query("SELECT path FROM files WHERE repo_id = %s ORDER BY path",
                                                [repo_id])]
 
+    def linked_paths(self, repo_id: str) -> list[str]:
+        return [r["path"] for r in self._query("SELECT path FROM files WHERE repo_id = %s AND linked ORDER BY path",
+                                               [repo_id])]
+
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
-                     deletes: Sequence[str], last_commit: str | None) -> None:
+                     deletes: Sequence[str], last_commit: str | None,
+                     filter_fingerprint: str | None = None) -> None:
         """Record the outcome of a sync atomically, refusing a writer older than the last commit.
 
         The repository row is locked first, so a concurrent commit waits and then sees this
@@ -169,8 +180,9 @@ class PostgresStateStore:
                 conn.execute("DELETE FROM files WHERE repo_id = %s AND path = ANY(%s)",
                              [repo_id, deleting[start : start + _BATCH]])
             conn.execute("UPDATE repos SET committed_fence = %s, updated_at = %s, "
-                         "last_commit = COALESCE(%s, last_commit) WHERE repo_id = %s",
-                         [fence, utcnow(), last_commit or None, repo_id])
+                         "last_commit = COALESCE(%s, last_commit), "
+                         "filter_fingerprint = COALESCE(%s, filter_fingerprint) WHERE repo_id = %s",
+                         [fence, utcnow(), last_commit or None, filter_fingerprint or None, repo_id])
 
         self.db.write(work)
 
@@ -198,6 +210,12 @@ class PostgresStateStore:
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sync_runs WHERE id = %s", [run_id])
         return RunRecord(**rows[0]) if rows else None
+
+    def running_runs(self, *, repo_id: str | None = None, shard_id: str | None = None) -> list[RunRecord]:
+        return [RunRecord(**r) for r in self._query(
+            f"SELECT {', '.join(_RUN_COLUMNS)} FROM sync_runs WHERE status = %s "
+            "AND (%s::text IS NULL OR repo_id = %s) AND (%s::text IS NULL OR shard_id = %s) ORDER BY started_at, seq",
+            [RunStatus.RUNNING, repo_id, repo_id, shard_id, shard_id])]
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         return [RunRecord(**r) for r in self._query(

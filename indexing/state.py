@@ -48,11 +48,13 @@ class RepoRecord:
     last_commit: str | None
     fence: int
     committed_fence: int = 0
+    filter_fingerprint: str | None = None  # the filter settings the index was last evaluated under
 
 
 @dataclass(frozen=True, slots=True)
 class FileState:
-    """What was indexed of one file: content hash, size in bytes, number of chunks."""
+    """What was indexed of one file: content hash, size in bytes, number of chunks; ``linked``:
+    the path leads through a symlink, so its content can change without the path being named."""
 
     path: str
     sha256: str
@@ -62,6 +64,10 @@ class FileState:
     language: str
     fence: int
     indexed_at: str
+    linked: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "linked", bool(self.linked))
 
 
 class RunStatus(StrEnum):
@@ -72,12 +78,16 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"
     FAILED = "failed"
+    ABANDONED = "abandoned"  # its process ended (interrupted, killed) before it finished
+    REISSUED = "reissued"  # its worker died; the run named in its message does its work
     DRY_RUN = "dry-run"
 
 
 @dataclass(slots=True)
 class RunRecord:
-    """One sync run and its counts."""
+    """One sync run and its counts. ``owner`` is the process running it (``host:pid``),
+    ``task_id`` its plan task, ``request`` the :class:`~indexing.messages.SyncRequest` as JSON:
+    what a run whose process died is re-issued from."""
 
     id: str
     repo_id: str
@@ -96,6 +106,9 @@ class RunRecord:
     finished_at: str | None = None
     message: str = ""
     shard_id: str = ""
+    owner: str = ""
+    task_id: str = ""
+    request: str = ""
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)
@@ -156,9 +169,15 @@ class StateStore(Protocol):
         """Every indexed path of the repository, sorted."""
         ...
 
+    def linked_paths(self, repo_id: str) -> list[str]:
+        """The indexed paths that lead through a symlink (``FileState.linked``), sorted."""
+        ...
+
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
-                     deletes: Sequence[str], last_commit: str | None) -> None:
-        """Record a sync's file outcomes atomically; raise StaleFenceError for an outdated ``fence``."""
+                     deletes: Sequence[str], last_commit: str | None,
+                     filter_fingerprint: str | None = None) -> None:
+        """Record a sync's file outcomes atomically (and, when given, the new last commit and the
+        filter settings' fingerprint); raise StaleFenceError for an outdated ``fence``."""
         ...
 
     def start_run(self, run: RunRecord) -> None:
@@ -175,6 +194,10 @@ class StateStore(Protocol):
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """One run, or None."""
+        ...
+
+    def running_runs(self, *, repo_id: str | None = None, shard_id: str | None = None) -> list[RunRecord]:
+        """The runs still marked running, of one repository or one shard (or all), oldest first."""
         ...
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
@@ -207,6 +230,7 @@ class StateStore(Protocol):
 
 
 FAILURE_COLUMNS = "id, run_id, task, arguments, error, created_at, replayed_at"
+FILE_COLUMNS = "path, sha256, size, chunk_count, encoding, language, fence, indexed_at, linked"
 #: Both stores answer :meth:`StateStore.repo_stats` with this query.
 REPO_STATS_SQL = (
     "SELECT r.repo_id, r.root, r.collection, r.last_commit, COUNT(f.path) AS files, "
@@ -221,17 +245,19 @@ CREATE TABLE IF NOT EXISTS collections (
 CREATE TABLE IF NOT EXISTS repos (
     repo_id TEXT PRIMARY KEY, root TEXT NOT NULL, collection TEXT NOT NULL,
     last_commit TEXT, fence INTEGER NOT NULL DEFAULT 0, committed_fence INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT NOT NULL);
+    updated_at TEXT NOT NULL, filter_fingerprint TEXT);
 CREATE TABLE IF NOT EXISTS files (
     repo_id TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     chunk_count INTEGER NOT NULL, encoding TEXT NOT NULL, language TEXT NOT NULL,
-    fence INTEGER NOT NULL, indexed_at TEXT NOT NULL, PRIMARY KEY (repo_id, path)) WITHOUT ROWID;
+    fence INTEGER NOT NULL, indexed_at TEXT NOT NULL, linked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (repo_id, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sync_runs (
     id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL,
     added INTEGER NOT NULL, updated INTEGER NOT NULL, deleted INTEGER NOT NULL,
     unchanged INTEGER NOT NULL, skipped INTEGER NOT NULL, errors INTEGER NOT NULL,
     bytes INTEGER NOT NULL, files_total INTEGER NOT NULL, files_done INTEGER NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT, message TEXT NOT NULL, shard_id TEXT NOT NULL DEFAULT '');
+    started_at TEXT NOT NULL, finished_at TEXT, message TEXT NOT NULL, shard_id TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '', task_id TEXT NOT NULL DEFAULT '', request TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, task TEXT NOT NULL,
     arguments TEXT NOT NULL, error TEXT NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT);
@@ -263,7 +289,12 @@ class SQLiteStateStore:
         """Add the columns later versions introduced to a database an older version created."""
         conn = self._conn()
         for table, column, decl in (("sync_runs", "shard_id", "TEXT NOT NULL DEFAULT ''"),
-                                    ("failures", "replayed_at", "TEXT")):
+                                    ("failures", "replayed_at", "TEXT"),
+                                    ("repos", "filter_fingerprint", "TEXT"),
+                                    ("files", "linked", "INTEGER NOT NULL DEFAULT 0"),
+                                    ("sync_runs", "owner", "TEXT NOT NULL DEFAULT ''"),
+                                    ("sync_runs", "task_id", "TEXT NOT NULL DEFAULT ''"),
+                                    ("sync_runs", "request", "TEXT NOT NULL DEFAULT ''")):
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -298,13 +329,25 @@ class SQLiteStateStore:
             return self.conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            try:
-                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-            except sqlite3.Error as error:
-                raise StoreError(f"state database {self.store.path}: {error}") from error
-            if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except sqlite3.Error as error:  # a full disk, an I/O error at the commit
+                    self._rollback()
+                    raise StoreError(f"state database {self.store.path}: {error}") from error
+            self._rollback()
+            if issubclass(exc_type, sqlite3.Error):
                 # A failed statement ("database is locked", a full disk) is a store failure.
                 raise StoreError(f"state database {self.store.path}: {exc}") from exc
+
+        def _rollback(self) -> None:
+            """Roll back, if SQLite has not already: after SQLITE_FULL or an I/O error it rolls
+            back by itself, and a failing ROLLBACK must not hide the error that caused it."""
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _tx(self) -> SQLiteStateStore._Tx:
         return SQLiteStateStore._Tx(self)
@@ -331,8 +374,8 @@ class SQLiteStateStore:
                          [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()])
 
     def get_repo(self, repo_id: str) -> RepoRecord | None:
-        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence FROM repos "
-                           "WHERE repo_id = ?", [repo_id])
+        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence, "
+                           "filter_fingerprint FROM repos WHERE repo_id = ?", [repo_id])
         return RepoRecord(**dict(rows[0])) if rows else None
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
@@ -352,7 +395,7 @@ class SQLiteStateStore:
         for start in range(0, len(unique), _SQL_BATCH):
             part = unique[start : start + _SQL_BATCH]
             rows = self._query(
-                "SELECT path, sha256, size, chunk_count, encoding, language, fence, indexed_at FROM files "
+                f"SELECT {FILE_COLUMNS} FROM files "
                 f"WHERE repo_id = ? AND path IN ({','.join('?' * len(part))})", [repo_id, *part])
             out.update({row["path"]: FileState(**dict(row)) for row in rows})
         return out
@@ -360,8 +403,13 @@ class SQLiteStateStore:
     def indexed_paths(self, repo_id: str) -> list[str]:
         return [r[0] for r in self._query("SELECT path FROM files WHERE repo_id = ? ORDER BY path", [repo_id])]
 
+    def linked_paths(self, repo_id: str) -> list[str]:
+        return [r[0] for r in self._query("SELECT path FROM files WHERE repo_id = ? AND linked = 1 ORDER BY path",
+                                          [repo_id])]
+
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
-                     deletes: Sequence[str], last_commit: str | None) -> None:
+                     deletes: Sequence[str], last_commit: str | None,
+                     filter_fingerprint: str | None = None) -> None:
         """Record the outcome of a sync atomically, refusing a writer older than the last commit.
 
         Raises :class:`StaleFenceError` when a sync with a newer fence has committed already.
@@ -374,17 +422,20 @@ class SQLiteStateStore:
                 raise StaleFenceError(
                     f"sync with fencing token {fence} for {repo_id} is stale: token {row[0]} already committed")
             conn.executemany(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo_id, path) DO UPDATE SET "
+                f"INSERT INTO files (repo_id, {FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (repo_id, path) DO UPDATE SET "
                 "sha256 = excluded.sha256, size = excluded.size, chunk_count = excluded.chunk_count, "
                 "encoding = excluded.encoding, language = excluded.language, fence = excluded.fence, "
-                "indexed_at = excluded.indexed_at",
-                [[repo_id, f.path, f.sha256, f.size, f.chunk_count, f.encoding, f.language, f.fence, f.indexed_at]
-                 for f in upserts])
+                "indexed_at = excluded.indexed_at, linked = excluded.linked",
+                [[repo_id, f.path, f.sha256, f.size, f.chunk_count, f.encoding, f.language, f.fence, f.indexed_at,
+                  int(f.linked)] for f in upserts])
             conn.executemany("DELETE FROM files WHERE repo_id = ? AND path = ?", [[repo_id, p] for p in deletes])
             conn.execute("UPDATE repos SET committed_fence = ?, updated_at = ? WHERE repo_id = ?",
                          [fence, utcnow(), repo_id])
             if last_commit:
                 conn.execute("UPDATE repos SET last_commit = ? WHERE repo_id = ?", [last_commit, repo_id])
+            if filter_fingerprint:
+                conn.execute("UPDATE repos SET filter_fingerprint = ? WHERE repo_id = ?", [filter_fingerprint, repo_id])
 
     # runs and failures
 
@@ -414,6 +465,11 @@ class SQLiteStateStore:
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
         return [RunRecord(**dict(r)) for r in self._query(
             "SELECT * FROM sync_runs ORDER BY started_at DESC, rowid DESC LIMIT ?", [limit])]
+
+    def running_runs(self, *, repo_id: str | None = None, shard_id: str | None = None) -> list[RunRecord]:
+        return [RunRecord(**dict(r)) for r in self._query(
+            "SELECT * FROM sync_runs WHERE status = ? AND (? IS NULL OR repo_id = ?) AND (? IS NULL OR shard_id = ?) "
+            "ORDER BY started_at, rowid", [RunStatus.RUNNING, repo_id, repo_id, shard_id, shard_id])]
 
     def record_failure(self, run_id: str | None, task: str, arguments: dict, error: str) -> None:
         with self._tx() as conn:

@@ -16,7 +16,8 @@ What the steps talk to comes from the caller as a :class:`SyncEnvironment`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +34,7 @@ from indexing.languages import language_of
 from indexing.messages import (
     Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
-from indexing.paths import relative_path
+from indexing.paths import is_linked, relative_path
 from indexing.scanner import FileFilter, decode, read_file, walk
 from indexing.state import CollectionMeta, FileState, RunRecord, RunStatus, StateStore, utcnow
 from indexing.store import VectorObject, VectorStore
@@ -51,12 +52,14 @@ class PlanLimits:
 
 @dataclass(slots=True)
 class Plan:
-    """The planner's output: every path's decision, and whether the commit may advance."""
+    """The planner's output: every path's decision, whether the commit may advance, and the
+    fingerprint of the filter settings it was made under (recorded at the commit)."""
 
     files: list[PlannedFile]
     commit: str
     advance_commit: bool
     note: str = ""
+    filter_fingerprint: str = ""
 
     def to_index(self) -> list[PlannedFile]:
         """The files that need reading and embedding (ADD and UPDATE)."""
@@ -119,8 +122,46 @@ class PreparedSync:
     summary: SyncSummary | None = None
 
 
-def prepare_sync(request: SyncRequest, env: SyncEnvironment) -> PreparedSync:
-    """Plan ``request`` under the repository's lock and start its run.
+def process_owner() -> str:
+    """This process as a run's owner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(owner: str) -> bool:
+    """True when ``owner`` (``host:pid``) is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def abandon_runs(state: StateStore, which: Callable[[RunRecord], bool], why: str) -> list[str]:
+    """Mark the running runs that ``which`` selects as abandoned, with ``why``; their ids."""
+    marked = []
+    for run in state.running_runs():
+        if which(run):
+            run.status, run.finished_at, run.message = RunStatus.ABANDONED, utcnow(), why
+            state.finish_run(run)
+            marked.append(run.id)
+    return marked
+
+
+def abandon_dead_runs(state: StateStore) -> list[str]:
+    """Mark abandoned the runs still marked running whose process on this host is gone (a sync
+    killed or interrupted): nothing of theirs was committed, and the next sync redoes their
+    work. The embedded mode calls it before each sync; a fleet re-issues the runs of dead shards."""
+    return abandon_runs(state, lambda run: _gone(run.owner), "abandoned: its process ended before it finished")
+
+
+def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") -> PreparedSync:
+    """Plan ``request`` under the repository's lock and start its run (``task_id``: the plan
+    task's, kept with the run so that a run whose worker died can be re-issued).
 
     A dry run plans on a read-only state and returns its summary, writing nothing. Otherwise a
     fencing token is granted under the lock, the plan is made, the run recorded, and the
@@ -145,12 +186,13 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment) -> PreparedSync:
     batches = plan.batches(env.limits.batch_files, env.limits.batch_bytes)
     total = sum(len(b) for b in batches)
     run = RunRecord(id=request.run_id, repo_id=request.repo_id, trigger=request.trigger, started_at=started,
-                    files_total=total, message=plan.note, shard_id=env.shard_id)
+                    files_total=total, message=plan.note, shard_id=env.shard_id, owner=process_owner(),
+                    task_id=task_id, request=request.model_dump_json())
     state.start_run(run)
     context = RunContext(run_id=request.run_id, repo_id=request.repo_id, root=request.root,
                          collection=request.collection, fence=fence, commit=plan.commit)
     job = CommitJob(**context.model_dump(), advance_commit=plan.advance_commit, trigger=request.trigger,
-                    started_at=started, files_total=total, files=plan.files,
+                    started_at=started, files_total=total, filter_fingerprint=plan.filter_fingerprint, files=plan.files,
                     verify_store=previous is not None and previous.fence > previous.committed_fence)
     if not batches:
         return PreparedSync(plan, run, job, summary=finish_sync(job, [], env))
@@ -205,40 +247,60 @@ def record_model(state: StateStore, collection: str, embedder: Embedder) -> None
     state.set_collection_meta(CollectionMeta(collection, embedder.model_id, embedder.dimension, embedder.distance))
 
 
-def _changes_for(request: SyncRequest, root: Path, state: StateStore, file_filter: FileFilter) -> tuple[Iterable[Change], str, bool, str]:
+def _changes_for(request: SyncRequest, root: Path, last: str | None,
+                 file_filter: FileFilter) -> tuple[Iterable[Change], str, bool, str]:
     """The change source of ``request`` as changes, the commit synced, whether it may advance, a note."""
     commit = head_commit(root) or ""
     if request.source == "paths":
         return (Change(p, ChangeKind(k)) for p, k in request.changes), commit, False, ""
     if request.source == "detect":
-        repo = state.get_repo(request.repo_id)
-        last = repo.last_commit if repo else None
         if not commit:
             raise RepositoryError(f"{root} has no git history; --detect-changes needs a git repository with a commit")
         if last and commit_exists(root, last):
             return git_changes(root, last, commit), commit, True, ""
         note = ("no indexed commit yet: scanning the whole repository" if not last
-                else f"last indexed commit {last[:12]} is gone from history: scanning the whole repository")
+                else f"last indexed commit {last[:12]} is gone from history: scanning the whole repository, "
+                     "and dropping what is no longer there")
         return _full_scan(root, file_filter), commit, True, note
     return _full_scan(root, file_filter), commit, True, ""
 
 
-def _full_scan(root: Path, file_filter: FileFilter) -> Iterator[Change]:
-    return (Change(rel, ChangeKind.LISTED) for rel in walk(root, file_filter))
+def _full_scan(root: Path, file_filter: FileFilter, under: str = "") -> Iterator[Change]:
+    return (Change(rel, ChangeKind.LISTED) for rel in walk(root, file_filter, under))
+
+
+def filter_fingerprint(file_filter: FileFilter, limits: PlanLimits) -> str:
+    """The fingerprint of every setting that decides which files are indexed: the filter's
+    patterns and the size limit (the ``.gitignore`` files are followed by their own changes)."""
+    return f"{file_filter.fingerprint}-{limits.max_file_size}"
 
 
 def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, limits: PlanLimits) -> Plan:
-    """Decide what to do with every path the request's change source names.
+    """Decide what to do with every path the request's change source names, and with every
+    indexed path whose inclusion may have changed: the index holds exactly the files the
+    current rules include.
 
-    Returns a :class:`Plan` in source order. Paths outside the root, unreadable or
-    undecodable files become ERROR entries; ignored, binary, oversized and missing files
-    SKIP entries; nothing here writes anywhere.
+    Besides the named paths, the plan evaluates again: on a full scan, every indexed path still
+    on disk (and, with ``--delete-missing``, every indexed path); the subtree of every
+    ``.gitignore`` the source names; the whole repository when the filter settings changed since
+    the last sync (:func:`filter_fingerprint`); and every indexed path that leads through a
+    symlink, whose target may have changed unnamed. A ``--detect-changes`` whose last indexed
+    commit is gone from history scans the whole repository as ``--all --delete-missing`` would.
+    An indexed path that is now refused (ignored, excluded, binary, oversized, undecodable, a
+    symlink leading outside or nowhere) is deleted, with the reason.
+
+    Returns a :class:`Plan` in source order, the re-evaluated paths after the named ones.
+    Paths outside the root and unreadable files become ERROR entries; ignored, binary,
+    oversized and missing files SKIP entries; a problem with one path never stops the others.
+    Nothing here writes anywhere.
     Raises :class:`MassDeleteError` when deletes exceed ``limits.delete_threshold`` of the
     repository's indexed files and ``request.force`` is false; :class:`RepositoryError`
     when ``--detect-changes`` has no git history to read.
     """
     root = Path(request.root)
-    changes, commit, advance, note = _changes_for(request, root, state, file_filter)
+    repo = state.get_repo(request.repo_id)
+    changes, commit, advance, note = _changes_for(request, root, repo.last_commit if repo else None, file_filter)
+    fingerprint = filter_fingerprint(file_filter, limits)
     # One ordered mapping keeps source order for usable paths and refused ones alike; a
     # path named twice keeps its first place and its last kind.
     wanted: dict[str, ChangeKind | PlannedFile] = {}
@@ -247,15 +309,20 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
             wanted[relative_path(root, change.path)] = change.kind
         except FileIssue as issue:
             wanted[f"\0{n}"] = PlannedFile(path=change.path, action=Action.ERROR, reason=issue.reason)
-    full_scan = request.source == "all" or (request.source == "detect" and bool(note))
-    if full_scan and request.delete_missing:
-        for rel in state.indexed_paths(request.repo_id):
-            wanted.setdefault(rel, ChangeKind.LISTED)
+    scanned = request.source == "all" or (request.source == "detect" and bool(note))  # a full scan already
+    history_gone = scanned and request.source == "detect" and bool(repo and repo.last_commit)
+    delete_missing = request.delete_missing or history_gone
+    refilter = bool(repo and repo.filter_fingerprint and repo.filter_fingerprint != fingerprint)
+    if refilter:
+        note = "; ".join(filter(None, [note, "the filter settings changed: every file is evaluated again"]))
+    for rel in _reevaluate(request, root, state, file_filter, wanted, full=scanned or refilter, scanned=scanned,
+                           delete_missing=delete_missing):
+        wanted.setdefault(rel, ChangeKind.LISTED)
 
     known = state.file_states(request.repo_id, [rel for rel, kind in wanted.items() if isinstance(kind, ChangeKind)])
     planned = [
         kind if isinstance(kind, PlannedFile)
-        else _plan_one(root, rel, kind, known.get(rel), request.delete_missing, file_filter, limits.max_file_size)
+        else _plan_one(root, rel, kind, known.get(rel), delete_missing, file_filter, limits.max_file_size)
         for rel, kind in wanted.items()
     ]
     planned = [p for p in planned if p is not None]
@@ -264,13 +331,56 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
         indexed = len(state.indexed_paths(request.repo_id))
         if deleting > limits.delete_threshold * indexed:
             raise MassDeleteError.for_counts(deleting, indexed, limits.delete_threshold)
-    return Plan(planned, commit, advance, note)
+    return Plan(planned, commit, advance, note, fingerprint)
+
+
+def _reevaluate(request: SyncRequest, root: Path, state: StateStore, file_filter: FileFilter,
+                named: dict, *, full: bool, scanned: bool, delete_missing: bool) -> Iterator[str]:
+    """The paths to evaluate besides the named ones (see :func:`plan_sync`). ``full``: the whole
+    repository; ``scanned``: the change source is a full scan already."""
+    yield from state.linked_paths(request.repo_id)
+    ignore_dirs = sorted({rel.rpartition("/")[0] for rel in named
+                          if not rel.startswith("\0") and rel.rpartition("/")[2] == ".gitignore"})
+    if not full and not ignore_dirs:
+        return
+    indexed = state.indexed_paths(request.repo_id)
+    if full and not scanned:  # an incremental source whose rules changed: scan as --all would
+        yield from (c.path for c in _full_scan(root, file_filter))
+    for directory in ([] if full else ignore_dirs):
+        yield from (c.path for c in _full_scan(root, file_filter, directory))
+    prefixes = None if full else tuple(f"{d}/" if d else "" for d in ignore_dirs)
+    for rel in indexed:
+        if prefixes is None or rel.startswith(prefixes):
+            if delete_missing or os.path.lexists(root / rel):
+                yield rel
 
 
 def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
               file_filter: FileFilter, max_size: int) -> PlannedFile | None:
-    """The decision for one path; None when there is nothing to say (deleted and never indexed)."""
-    on_disk = os.path.lexists(root / rel)
+    """The decision for one path; None when there is nothing to say (deleted and never indexed).
+    A problem of this path's own (a name too long, an unreadable directory) becomes its ERROR."""
+    try:
+        return _decide(root, rel, kind, known, delete_missing, file_filter, max_size)
+    except OSError as exc:
+        return PlannedFile(path=rel, action=Action.ERROR, reason=f"unreadable: {exc.strerror or exc}",
+                           old_chunks=known.chunk_count if known else 0)
+
+
+def _refused(rel: str, reason: str, known: FileState | None, action: Action) -> PlannedFile:
+    """A path whose content is not indexable: deleted from the index when it is indexed."""
+    if known:
+        return PlannedFile(path=rel, action=Action.DELETE, reason=reason, old_chunks=known.chunk_count,
+                           size=known.size)
+    return PlannedFile(path=rel, action=action, reason=reason)
+
+
+def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
+            file_filter: FileFilter, max_size: int) -> PlannedFile | None:
+    try:
+        os.lstat(root / rel)
+        on_disk = True
+    except (FileNotFoundError, NotADirectoryError):
+        on_disk = False
     if not on_disk:
         if known and (kind is ChangeKind.DELETED or delete_missing):
             return PlannedFile(path=rel, action=Action.DELETE, old_chunks=known.chunk_count, size=known.size)
@@ -280,7 +390,7 @@ def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, d
         return PlannedFile(path=rel, action=Action.SKIP, reason=f"missing on disk{hint}")
     reason = file_filter.reason_to_skip(rel)
     if reason:
-        return PlannedFile(path=rel, action=Action.SKIP, reason=reason)
+        return _refused(rel, reason, known, Action.SKIP)
     try:
         data = read_file(root, rel, max_size)
         digest = sha256_hex(data)
@@ -289,6 +399,8 @@ def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, d
                                old_chunks=known.chunk_count)
         decode(data)
     except FileIssue as issue:
+        if known and not issue.transient:
+            return _refused(rel, issue.reason, known, Action.ERROR)
         action = Action.SKIP if issue.status == "skipped" else Action.ERROR
         return PlannedFile(path=rel, action=action, reason=issue.reason, old_chunks=known.chunk_count if known else 0)
     return PlannedFile(path=rel, action=Action.UPDATE if known else Action.ADD, size=len(data), sha256=digest,
@@ -317,7 +429,8 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         language = language_of(planned.path)
         chunks = chunk_text(text.text, embedder.max_tokens, embedder.count_tokens, language)
         result = FileResult(path=planned.path, ok=True, sha256=sha256_hex(data), size=len(data),
-                            chunk_count=len(chunks), encoding=text.encoding, language=language)
+                            chunk_count=len(chunks), encoding=text.encoding, language=language,
+                            linked=is_linked(root, planned.path))
         results.append(result)
         hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
         pending.append((result, chunks, hashes))
@@ -390,7 +503,7 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
                 summary.chunks_embedded += result.embedded
                 summary.chunks_reused += result.reused
                 upserts.append(FileState(entry.path, result.sha256, result.size, result.chunk_count,
-                                         result.encoding, result.language, job.fence, now))
+                                         result.encoding, result.language, job.fence, now, result.linked))
         elif entry.action is Action.DELETE:
             keep = 0
             deletes.append(entry.path)
@@ -400,7 +513,7 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
         _count(summary, entry)
     store.delete(stale_ids, job.fence)
     advance = job.commit if job.advance_commit and summary.errors == 0 else None
-    state.commit_files(job.repo_id, job.fence, upserts, deletes, advance)
+    state.commit_files(job.repo_id, job.fence, upserts, deletes, advance, job.filter_fingerprint or None)
     summary.files = job.files
     summary.status = RunStatus.PARTIAL if summary.errors else RunStatus.SUCCEEDED
     return summary

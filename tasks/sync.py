@@ -22,7 +22,7 @@ def plan(self, request: dict) -> dict:
     req = SyncRequest.model_validate(request)
     if (owner := runtime().owner_elsewhere(req.repo_id, req.hops)) is not None:
         return self.replace(plan.s(req.forwarded().model_dump(mode="json")).set(queue=shard_queue(owner)))
-    prepared = prepare_sync(req, runtime())
+    prepared = prepare_sync(req, runtime(), task_id=self.request.id)
     if prepared.summary is not None:
         return prepared.summary.model_dump(mode="json")
     header = [batch.s(job.model_dump(mode="json")) for job in prepared.batch_jobs]

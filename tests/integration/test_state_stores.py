@@ -407,3 +407,19 @@ def test_sqlite_reader_opened_before_the_file_exists_sees_it_once_written(tmp_pa
     assert reader.get_run("r") is None and not (tmp_path / "state.sqlite").exists()
     SQLiteStateStore(tmp_path / "state.sqlite").start_run(RunRecord(id="r", repo_id="x", trigger="t"))
     assert reader.get_run("r").status == "running"
+
+
+def test_sqlite_error_inside_a_transaction_sqlite_already_rolled_back_is_reported(tmp_path) -> None:
+    """After SQLITE_FULL or an I/O error SQLite rolls the transaction back itself; the error that
+    caused it is what the user must see, not the failing ROLLBACK after it."""
+    import sqlite3
+
+    from indexing.errors import StoreError
+
+    store = SQLiteStateStore(tmp_path / "state.sqlite")
+    with pytest.raises(StoreError, match="database or disk is full"):
+        with store._tx() as conn:
+            conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+    store.start_run(RunRecord(id="after", repo_id="x", trigger="t"))  # the connection still works
+    assert store.get_run("after") is not None
