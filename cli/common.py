@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from pydantic import ValidationError
+
 from config.settings import Settings, configure
-from indexing.errors import UsageError
+from indexing.errors import SyncInterrupted, UsageError
 
 RootOpt = Annotated[Optional[Path], typer.Option(
     "--root", help="Repository root (default: the git work tree around the current directory).",
@@ -61,12 +65,23 @@ def git_toplevel(start: Path) -> Path | None:
 
 
 def read_settings(**overrides: object) -> Settings:
-    """The settings from the environment plus ``overrides``. Raises :class:`UsageError` naming a
-    bad ``CODEINDEX_*`` value (pydantic's validation error)."""
+    """The settings from the environment plus ``overrides``. Raises :class:`UsageError` naming
+    each bad ``CODEINDEX_*`` value in one line (pydantic's validation error)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:  # pydantic ValidationError
-        raise UsageError(f"invalid setting: {exc}") from None
+    except ValidationError as exc:
+        raise UsageError(describe_invalid(exc)) from None
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line naming every invalid setting, its value and what is wrong with it."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        value = error.get("input")
+        shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+        problems.append(f"CODEINDEX_{field.upper()}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems)
 
 
 def setup(root: Path | None, collection: str | None, verbose: bool = False, repo: str | None = None,
@@ -79,16 +94,11 @@ def setup(root: Path | None, collection: str | None, verbose: bool = False, repo
     named with ``--repo`` that the fleet knows is found at its registered root.
     Raises :class:`UsageError` for a bad setting or a root that is not a directory.
     """
+    base = read_settings(**overrides)  # first: importing the runtime reads the settings too
     from workers import runtime as runtime_mod  # lazy: Celery and the stores (see the module docstring)
     from workers.app import apply_settings  # lazy: likewise
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("celery").setLevel(logging.WARNING)
-    # The pool retries connections in the background and logs each failure; the command's
-    # own error says once that the database cannot be reached.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    base = read_settings(**overrides)
+    quiet(verbose or base.debug)
     registered = None
     if not base.eager and root is None and repo and base.state_url:
         lookup = runtime_mod.Runtime(base)
@@ -108,10 +118,74 @@ def setup(root: Path | None, collection: str | None, verbose: bool = False, repo
     try:
         settings = configure(**chosen)
         apply_settings(settings)
-    except ValueError as exc:  # pydantic ValidationError, or limits that contradict each other
+    except ValidationError as exc:
+        raise UsageError(describe_invalid(exc)) from None
+    except ValueError as exc:  # limits that contradict each other (config.celery.celery_config)
         raise UsageError(f"invalid setting: {exc}") from None
     runtime_mod.reset()
     return repo_root.resolve(), settings
+
+
+class _Brief(logging.Formatter):
+    """A log record in one line: the traceback only when asked for (``--verbose``, CODEINDEX_DEBUG)."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return ""
+
+
+_LIBRARIES = ("celery", "codeindex", "psycopg", "kombu")
+_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def quiet(verbose: bool) -> None:
+    """Configure a one-shot command's logging: quiet by default, so that a failure is the one
+    ``error:`` line the command prints (the libraries, Celery among them, log failures of their
+    own); with ``verbose``, INFO and tracebacks (what :func:`cli.main.main` checks too)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT) if verbose else _Brief(_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in _LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def log_at(level: LogLevel) -> None:
+    """Configure a long-running command's logging (worker, beat, metrics): every library at
+    ``level``, with tracebacks, as an operator reading its log wants."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    for name in ("", *_LIBRARIES):
+        logging.getLogger(name).setLevel(level.value)
+
+
+def verbose_errors() -> bool:
+    """True when the command was asked for tracebacks (``--verbose``, CODEINDEX_DEBUG)."""
+    return logging.getLogger("codeindex").isEnabledFor(logging.INFO)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT inside the block into :class:`~indexing.errors.SyncInterrupted` (exit 130, one
+    line), after marking the runs this process leaves unfinished as abandoned (best effort: the
+    next sync also marks the runs of processes that are gone)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            from indexing.sync import abandon_runs, process_owner  # lazy: with the runtime
+            from workers.runtime import runtime  # lazy: inside a command, after setup
+
+            abandon_runs(runtime().state, lambda run: run.owner == process_owner(), "interrupted (SIGINT)")
+        except Exception:  # noqa: BLE001 - leaving anyway; the next sync marks them
+            pass
+        raise SyncInterrupted("interrupted: nothing of the sync in progress was committed; the next sync "
+                              "completes its work") from None
 
 
 def require_fleet(settings: Settings, what: str) -> Settings:

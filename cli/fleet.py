@@ -8,7 +8,6 @@ a shared index home (CODEINDEX_HOME). docs/operations.md walks through running o
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -20,7 +19,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import JsonOut, LogLevel, fleet_settings, print_json, require_fleet, read_settings, setup
+from cli.common import (
+    JsonOut, LogLevel, fleet_settings, interruptible, log_at, print_json, read_settings, require_fleet, setup,
+)
 from indexing.errors import UsageError
 
 repo_app = typer.Typer(help="Repositories of the index: add (assign to a shard and index), list.",
@@ -37,12 +38,6 @@ class Pool(StrEnum):
     PREFORK = "prefork"
     SOLO = "solo"
     THREADS = "threads"
-
-
-def _log_at(level: LogLevel) -> None:
-    """Log Celery's and codeindex's messages at ``level`` (the CLI's default is warnings only)."""
-    for name in ("", "celery", "codeindex"):
-        logging.getLogger(name).setLevel(level.value)
 
 
 def worker(
@@ -76,7 +71,7 @@ def worker(
         from workers import metrics  # lazy: likewise
 
         metrics.serve(metrics_port, fleet=False)
-    _log_at(loglevel)
+    log_at(loglevel)
     worker_process.run([shard_queue(settings.shard_id), Queue.EMBED.value, Queue.MAINTENANCE.value],
                        node=f"{settings.shard_id}@%h", concurrency=concurrency, pool=pool.value,
                        loglevel=loglevel.value)
@@ -92,7 +87,7 @@ def beat(loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Lo
     from beat.schedule import beat_config  # lazy: see cli.common
     from workers.app import app  # lazy: likewise
 
-    _log_at(loglevel)
+    log_at(loglevel)
     app.conf.update(beat_config(settings, settings.lock_redis_url))
     app.Beat(loglevel=loglevel.value, scheduler=app.conf.beat_scheduler,
              max_interval=app.conf.beat_max_loop_interval).run()
@@ -110,10 +105,11 @@ def repo_add(
     from cli.output import render_summary  # lazy: see cli.common
     from config.celery import shard_queue  # lazy: likewise
     from indexing.messages import SyncRequest, SyncSummary  # lazy: likewise
-    from tasks.sync import plan  # lazy: likewise
-    from workers.runtime import runtime  # lazy: likewise
 
     root, settings = setup(path, None)
+    from tasks.sync import plan  # lazy: after setup, which checks the settings first
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     rid = repo_id or root.name
     shard = runtime().place(rid).shard_id
     request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root=str(root), collection=settings.collection,
@@ -122,7 +118,8 @@ def repo_add(
     if no_wait:
         doc = {"repo_id": rid, "shard_id": shard, "run_id": request.run_id, "task_id": result.id}
         return print_json(doc) if json_out else sys.stdout.write(f"{request.run_id}\n")
-    summary = SyncSummary.model_validate(result.get(disable_sync_subtasks=False))
+    with interruptible():
+        summary = SyncSummary.model_validate(result.get(disable_sync_subtasks=False))
     if json_out:
         return print_json({"repo_id": rid, "shard_id": shard, **summary.model_dump(mode="json")})
     sys.stdout.write(f"Repository {rid} ({root}) on shard {shard}\n")
@@ -134,9 +131,10 @@ def repo_add(
 @repo_app.command("list")
 def repo_list(json_out: JsonOut = False) -> None:
     """List the repositories with their shard, files, chunks and last indexed commit."""
-    from workers.runtime import runtime  # lazy: see cli.common
 
     _, settings = setup(None, None)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     rt = runtime()
     owners = rt.registry.assignments() if settings.state_url else {}
     rows = [{**asdict(r), "shard_id": owners.get(r.repo_id, None if settings.state_url else settings.shard_id)}
@@ -153,9 +151,10 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
     """List the shards: id, status, capacity, load, heartbeat lag, assigned repositories."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers.runtime import runtime  # lazy: see cli.common
 
     fleet_settings("codeindex shards")
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     registry = runtime().registry
     owners = registry.assignments()
     rows = []
@@ -181,11 +180,12 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
 def shards_drain(shard_id: Annotated[str, typer.Argument(help="The shard to drain.")], json_out: JsonOut = False) -> None:
     """Drain a shard: no new assignments; its repositories and queued messages move to their
     next owners. The worker keeps running what it has (stop it with SIGTERM)."""
-    from workers.handover import hand_over  # lazy: see cli.common
-    from workers.registry import ShardStatus  # lazy: likewise
-    from workers.runtime import runtime  # lazy: likewise
 
     fleet_settings("codeindex shards drain")
+    from workers.handover import hand_over  # lazy: after setup, which checks the settings first
+    from workers.registry import ShardStatus  # lazy: after setup, which checks the settings first
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     done = hand_over(runtime(), shard_id, status=ShardStatus.DRAINING)
     doc = {"shard_id": shard_id, "status": ShardStatus.DRAINING.value,
            "moved": {m.repo_id: m.shard_id for m in done.moved}, "messages_moved": done.messages}
@@ -200,10 +200,11 @@ def shards_drain(shard_id: Annotated[str, typer.Argument(help="The shard to drai
 @shards_app.command("activate")
 def shards_activate(shard_id: Annotated[str, typer.Argument(help="The shard to take new assignments again.")]) -> None:
     """Undo a drain: the shard takes new assignments again (rebalancing brings its share back)."""
-    from workers.registry import ShardStatus  # lazy: see cli.common
-    from workers.runtime import runtime  # lazy: likewise
 
     fleet_settings("codeindex shards activate")
+    from workers.registry import ShardStatus  # lazy: after setup, which checks the settings first
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     runtime().registry.set_status(shard_id, ShardStatus.ACTIVE)
     sys.stdout.write(f"shard {shard_id} active\n")
 
@@ -214,9 +215,10 @@ def failures(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", m
     """List the dead-letter records of tasks that exhausted their retries (newest first)."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers.runtime import runtime  # lazy: see cli.common
 
     setup(None, None)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     records = runtime().readonly_state().failures(limit)
     if json_out:
         return print_json([asdict(r) for r in records])
@@ -233,11 +235,12 @@ def failures_replay(
     """Re-enqueue the task of a failure record. A failed embedding batch is replayed as a sync
     of its files (a lone batch would upsert without committing); other tasks are sent again
     with their recorded arguments, to their current owner's queue."""
-    from workers.app import app  # lazy: see cli.common
-    from workers.deadletter import replay  # lazy: likewise
-    from workers.runtime import runtime  # lazy: likewise
 
     setup(None, None)
+    from workers.app import app  # lazy: after setup, which checks the settings first
+    from workers.deadletter import replay  # lazy: after setup, which checks the settings first
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     rt = runtime()
     record = rt.state.get_failure(failure_id)
     if record is None:
@@ -254,9 +257,11 @@ def metrics(port: Annotated[int, typer.Option("--port", help="Port of /metrics."
             addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "0.0.0.0") -> None:
     """Serve the fleet's Prometheus metrics (shard load, capacity, heartbeat lag, rebalance
     count, queue depth per queue) until interrupted."""
-    from workers import metrics as metrics_mod  # lazy: see cli.common
 
     fleet_settings("codeindex metrics")
+    from workers import metrics as metrics_mod  # lazy: after setup, which checks the settings first
+
+    log_at(LogLevel.WARNING)
     metrics_mod.serve(port, fleet=True, addr=addr)
     try:
         while True:

@@ -2,16 +2,17 @@
 
 Exit codes: 0 all went in; 1 some files failed (reported); 2 usage error or malformed
 input; 3 refused to protect the index (mass delete without --force, another model);
-4 a dependency failed (store, lock, broker).
+4 a dependency failed (store, state, lock, broker, disk); 5 an unexpected error (a bug);
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from cli import fleet
-from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, print_json, setup
+from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, interruptible, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
 app = typer.Typer(
@@ -28,7 +29,9 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     epilog="Exit codes: 0 all went in; 1 some files failed (reported); 2 usage error or malformed "
            "input; 3 refused to protect the index (mass delete without --force, another model); "
-           "4 a dependency failed. Settings: CODEINDEX_* environment variables (see README).",
+           "4 a dependency failed (store, state, lock, broker, disk); 5 an unexpected error (a bug); "
+           "130 interrupted. Settings: CODEINDEX_* environment variables (see README); "
+           "CODEINDEX_DEBUG=1 shows tracebacks.",
 )
 
 def _version(value: bool) -> None:
@@ -55,9 +58,10 @@ def _read_input(changes: Path | None) -> str:
 
 
 def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
-              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
+              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool,
+              allowed: list[Path]):
     """Build the sync requests for the chosen change source (one per repository)."""
-    from indexing.changes import parse_json_changes, parse_lines, parse_nul  # lazy: see cli.common
+    from indexing.changes import listed_repository, parse_json_changes, parse_lines, parse_nul  # lazy: see cli.common
     from indexing.messages import SyncRequest  # lazy: likewise
 
     chosen = [name for name, on in (("--stdin", stdin), ("--changes", changes is not None),
@@ -83,10 +87,8 @@ def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, 
     if json_in:
         document = parse_json_changes(text)
         out = []
-        for entry in document.repositories:
-            repo_root = (root / entry.path).resolve() if not os.path.isabs(entry.path) else Path(entry.path).resolve()
-            if not repo_root.is_dir():
-                raise UsageError(f"repository {entry.path} of the change list is not a directory")
+        for entry in document.repositories:  # every entry checked before anything runs
+            repo_root = listed_repository(entry.path, root, allowed)
             rid = repo_id if (repo_id and len(document.repositories) == 1) else repo_root.name
             out.append(request(repo_root, rid, "paths", entry.changes()))
         return out
@@ -183,12 +185,18 @@ def sync(
     """
     from cli.output import render_summary  # lazy: see cli.common
     from indexing.messages import SyncSummary  # lazy: likewise
+    from indexing.sync import abandon_dead_runs  # lazy: likewise
 
     fmt = output or (OutputFormat.JSON if json_mode else OutputFormat.TEXT)
     repo_root, settings = setup(root, collection, verbose, repo)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
                          changes=changes, detect=detect_changes, scan_all=scan_all,
-                         delete_missing=delete_missing, dry_run=dry_run, force=force)
+                         delete_missing=delete_missing, dry_run=dry_run, force=force,
+                         allowed=settings.allowed_roots)
+    if settings.eager and not dry_run:
+        abandon_dead_runs(runtime().state)  # an earlier sync killed or interrupted here
     if no_wait:
         return _enqueue(requests, fmt)
     show_progress = fmt is OutputFormat.TEXT and sys.stdout.isatty()
@@ -197,7 +205,8 @@ def sync(
         sys.stdout.write(f"Syncing to collection: {settings.collection}\n")
     for request in requests:
         started = time.monotonic()
-        summary = SyncSummary.model_validate(_dispatch(request, show_progress))
+        with interruptible():
+            summary = SyncSummary.model_validate(_dispatch(request, show_progress))
         wall = time.monotonic() - started
         summary.seconds = round(wall, 3)
         summaries.append(summary)
@@ -225,9 +234,10 @@ def search(
 
     The query is embedded with the model the collection was built with.
     """
-    from workers.runtime import runtime  # lazy: see cli.common
 
     _, settings = setup(root, collection)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     rt = runtime()
     meta = rt.readonly_state().collection_meta(settings.collection)
     if meta is None:
@@ -245,9 +255,10 @@ def search(
 @app.command()
 def status(json_out: JsonOut = False, root: RootOpt = None, collection: CollectionOpt = None) -> None:
     """Show the indexed repositories: files, chunks, last indexed commit, model."""
-    from workers.runtime import runtime  # lazy: see cli.common
 
     _, settings = setup(root, collection)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     rt = runtime()
     state = rt.readonly_state()
     meta = state.collection_meta(settings.collection)
@@ -280,9 +291,10 @@ def export(
     collection: CollectionOpt = None,
 ) -> None:
     """Stream every object of the index as JSON lines, sorted by id."""
-    from workers.runtime import runtime  # lazy: see cli.common
 
     _, settings = setup(root, collection)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     store = runtime().vector_store(settings.collection)
     write = sys.stdout.write
     for obj in store.export(with_vectors=vectors):
@@ -293,9 +305,10 @@ def export(
 def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
          root: RootOpt = None) -> None:
     """List the latest sync runs with their counts and status."""
-    from workers.runtime import runtime  # lazy: see cli.common
 
     setup(root, None)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
     records = runtime().readonly_state().list_runs(limit)
     if json_out:
         return print_json([asdict(r) for r in records])
@@ -306,9 +319,13 @@ def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: J
 
 
 def main() -> None:
-    """Entry point: run the command; codeindex errors become a message and their exit code.
+    """Entry point: run the command; every failure becomes one ``error:`` line on standard error
+    and its exit code (README, "Exit codes"), the traceback only with ``--verbose`` or
+    CODEINDEX_DEBUG=1.
 
-    Click (standalone mode) prints usage errors itself and exits with 2.
+    Click (standalone mode) prints usage errors itself and exits with 2. An interrupted sync
+    (SIGINT) exits 130 and leaves its run marked abandoned (:func:`cli.common.interruptible`);
+    its work is redone by the next sync.
     """
     from celery.exceptions import ChordError  # lazy: see cli.common
     from kombu.exceptions import OperationalError  # lazy: likewise
@@ -316,17 +333,28 @@ def main() -> None:
     try:
         app()
     except CodeindexError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except ChordError as exc:
         # A header task of the embedding chord exhausted its retries: the run is marked failed,
         # its failure recorded, the state left as it was (`codeindex failures`, then replay or sync again).
-        sys.stderr.write(f"error: the sync failed: {exc}\n"
-                         "the index state is unchanged; see `codeindex failures`, then sync again\n")
-        sys.exit(4)
+        _fail(f"the sync failed: {exc}; the index state is unchanged: see `codeindex failures`, then sync again", 4)
     except OperationalError as exc:
-        sys.stderr.write(f"error: the broker is unreachable: {exc}\n")
-        sys.exit(4)
+        _fail(f"the broker is unreachable: {exc}", 4)
+    except OSError as exc:  # the disk or a socket outside any store's own handling
+        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", 4)
+    except Exception as exc:
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug: run again with CODEINDEX_DEBUG=1 for the "
+              "traceback, and report it)", 5)
+
+
+def _fail(message: str, code: int) -> None:
+    """Print ``error: message`` (and the traceback when asked for), exit with ``code``."""
+    from cli.common import verbose_errors  # lazy: see cli.common
+
+    if verbose_errors():
+        traceback.print_exc()
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
 
 
 fleet.register(app)

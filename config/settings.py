@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Glob patterns (gitignore syntax) never indexed."
     )
     use_gitignore: bool = True
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated directories the JSON change list may name repositories in, besides "
+        "the parent of the repository the command runs in.",
+    )
+    debug: bool = Field(default=False, description="Show the traceback of an error (also `--verbose` on sync).")
     batch_files: int = Field(default=64, ge=1, description="Files per embedding task (chord header).")
     batch_bytes: int = Field(default=1_048_576, ge=1024, description="Bytes per embedding task.")
     model_batch_size: int = Field(default=32, ge=1, description="Texts per model forward pass.")
@@ -114,7 +120,7 @@ class Settings(BaseSettings):
     run_retention_days: float = Field(default=30.0, gt=0, description="Finished sync runs older than this are deleted.")
     route_cache_seconds: float = Field(default=5.0, ge=0, description="How long a publisher caches a repository's owner.")
 
-    _split_include = field_validator("include", "exclude", mode="before")(_split_globs)
+    _split_include = field_validator("include", "exclude", "allowed_roots", mode="before")(_split_globs)
 
     @property
     def eager(self) -> bool:

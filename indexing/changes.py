@@ -9,8 +9,9 @@ Every parser returns :class:`Change` records; none touches the file system.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +40,8 @@ class Change:
 
 _STATUS = re.compile(r"^(?P<code>[ACDMRTUX])(?P<score>\d{0,3})$")
 _NAME_STATUS_LINE = re.compile(r"^(?P<code>[ACDMRTUX])(?P<score>\d{0,3})\t(?P<a>[^\t]+)(?:\t(?P<b>[^\t]+))?$")
+#: A line shaped like a name-status entry (a capital letter, a score, a tab) whatever its letter.
+_STATUS_SHAPED = re.compile(r"^(?P<code>[A-Z])\d{0,3}\t")
 _C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
 
 
@@ -88,8 +91,10 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Change]:
     A line ``<status>[score]<TAB>path[<TAB>path]`` is a name-status entry (``M``, ``A``,
     ``D``, ``R100 old new``, ...); any other non-blank line is a bare path. Quoted paths
     are unquoted. Blank lines are ignored.
+    Raises :class:`ChangeListError` for a line shaped like a name-status entry whose letter git
+    never prints (``Z<TAB>path``): taken as a file name, it would name a file nobody meant.
     """
-    for raw in lines:
+    for number, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
@@ -98,6 +103,11 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Change]:
             a = unquote_git_path(match["a"])
             b = unquote_git_path(match["b"]) if match["b"] else None
             yield from _status_changes(match["code"], a, b)
+        elif shaped := _STATUS_SHAPED.match(line):
+            raise ChangeListError(
+                f"line {number}: {shaped['code']!r} is not a git status letter (git diff --name-status prints "
+                "A, C, D, M, R, T, U or X); to sync a file whose name starts like this, pass NUL-separated "
+                "paths with -0")
         else:
             yield Change(unquote_git_path(line), ChangeKind.LISTED)
 
@@ -202,6 +212,36 @@ def git_changes(root: Path, since: str, until: str = "HEAD") -> list[Change]:
     except git.GitCommandError as exc:
         raise RepositoryError(f"git diff {since}..{until} failed in {root}: {exc.stderr.strip()}") from None
     return list(parse_nul(out)) if out else []
+
+
+def listed_repository(path: str, base: Path, allowed: Sequence[Path]) -> Path:
+    """Resolve and check a repository named by the JSON change list (its ``path``).
+
+    The rule (README, "Safety"): a listed repository is the top level of a git work tree, lying
+    inside an allowed directory: the parent of the repository the command runs in (``base``:
+    repositories side by side), or one of ``allowed`` (``CODEINDEX_ALLOWED_ROOTS``). A
+    relative ``path`` is taken from ``base``. Anything else is refused, before anything runs.
+    Returns the resolved root. Raises :class:`RepositoryError` (a usage error, exit 2).
+    """
+    import git  # lazy: see git_changes
+
+    candidate = Path(path) if Path(path).is_absolute() else base / path
+    root = Path(os.path.realpath(candidate))
+    bases = [Path(os.path.realpath(base)).parent, *(Path(os.path.realpath(a)) for a in allowed)]
+    if not any(root != b and root.is_relative_to(b) for b in bases):
+        raise RepositoryError(
+            f"repository {path!r} of the change list is outside the allowed directories "
+            f"({', '.join(str(b) for b in bases)}); list repositories beside this one, or add their parent "
+            "to CODEINDEX_ALLOWED_ROOTS")
+    if not root.is_dir():
+        raise RepositoryError(f"repository {path!r} of the change list is not a directory")
+    try:
+        top = git.Repo(root).working_tree_dir
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        top = None
+    if top is None or Path(os.path.realpath(top)) != root:
+        raise RepositoryError(f"repository {path!r} of the change list is not the top of a git work tree")
+    return root
 
 
 def head_commit(root: Path) -> str | None:

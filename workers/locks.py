@@ -21,7 +21,7 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from indexing.errors import BrokerUnavailableError, LockTimeoutError
+from indexing.errors import BrokerUnavailableError, LockTimeoutError, StoreError
 
 log = logging.getLogger("codeindex.locks")
 
@@ -31,17 +31,20 @@ def repo_lock(home: Path, repo_id: str, timeout: float) -> Iterator[None]:
     """Hold the lock of ``repo_id`` (a file under ``<home>/locks``) for the ``with`` block.
 
     Waits up to ``timeout`` seconds; raises :class:`LockTimeoutError` when another process
-    keeps it longer. Released on every exit path, and by the kernel if the holder dies.
+    keeps it longer, :class:`StoreError` when the lock file cannot be made (a read-only or full
+    index directory). Released on every exit path, and by the kernel if the holder dies.
     """
     locks = Path(home) / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(repo_id.encode()).hexdigest()[:32]
-    lock = filelock.FileLock(locks / f"{name}.lock", timeout=timeout, mode=0o644)
     try:
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(locks / f"{name}.lock", timeout=timeout, mode=0o644)
         lock.acquire()
     except filelock.Timeout:
         raise LockTimeoutError(
             f"repository {repo_id} is locked by another sync (waited {timeout:.0f}s); retry later") from None
+    except OSError as exc:  # a read-only or full index directory
+        raise StoreError(f"cannot lock repository {repo_id} under {locks}: {exc.strerror or exc}") from None
     try:
         yield
     finally:
