@@ -318,6 +318,75 @@ def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: J
                          f"{'  shard ' + r.shard_id if r.shard_id else ''}\n")
 
 
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Index again what is missing, extra or corrupt (the store rebuilt when it cannot be read), then check again.")] = False,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Only this repository id.")] = None,
+    json_out: JsonOut = False,
+    root: RootOpt = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Check that the vector store holds exactly what the state records: every object of every
+    indexed file present, nothing extra, each object's content matching its hash.
+
+    Exit 0 when the index is exact (after --repair: when the repair made it so), 1 when it is
+    not, 4 when the state cannot be read.
+    """
+    from indexing.verify import repair_requests, verify_index  # lazy: see cli.common
+
+    _, settings = setup(root, collection)
+    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
+    rt = runtime()
+    repos = {r.repo_id: r.root for r in rt.readonly_state().repo_stats()
+             if r.collection == settings.collection and (repo is None or r.repo_id == repo)}
+    if repo is not None and repo not in repos:
+        raise UsageError(f"repository {repo!r} is not in collection {settings.collection!r}")
+    store = rt.vector_store(settings.collection)
+    report = verify_index(rt.readonly_state(), store, settings.collection, sorted(repos))
+    repaired = []
+    if repair and not report.ok:
+        if not report.readable:
+            store.drop()  # its data is lost: every repository of the collection is indexed again
+        for check in report.repos:
+            if check.orphan_ids:
+                with rt.repo_lock(check.repo_id):
+                    fence = rt.state.grant_fence(check.repo_id, repos[check.repo_id], settings.collection)
+                    store.delete(check.orphan_ids, fence)
+        for request in repair_requests(report, repos):
+            with interruptible():
+                repaired.append(_send(request).get(disable_sync_subtasks=False))
+        report = verify_index(rt.readonly_state(), store, settings.collection, sorted(repos))
+    if json_out:
+        print_json({"collection": report.collection, "ok": report.ok, "readable": report.readable,
+                    "error": report.error, "repaired_runs": [r["run_id"] for r in repaired],
+                    "repositories": [{"repo_id": c.repo_id, "ok": c.ok, "files": c.files, "expected": c.expected,
+                                      "stored": c.stored, "missing": c.missing, "extra": c.extra,
+                                      "corrupt": c.corrupt} for c in report.repos]})
+    else:
+        _render_verify(report, repaired)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render_verify(report, repaired: list[dict]) -> None:
+    if not report.readable:
+        sys.stdout.write(f"collection {report.collection}: the store cannot be read: {report.error}\n"
+                         "run `codeindex verify --repair` to index every repository again\n")
+        return
+    for check in report.repos:
+        verdict = "exact" if check.ok else "NOT exact"
+        sys.stdout.write(f"{check.repo_id}: {verdict}: {check.files} files, {check.expected} objects recorded, "
+                         f"{check.stored} stored\n")
+        for label, problems in (("missing", check.missing), ("extra", check.extra), ("corrupt", check.corrupt)):
+            for path, indexes in sorted(problems.items()):
+                sys.stdout.write(f"  [{label.upper()}] {path}: chunks {', '.join(map(str, indexes))}\n")
+    if repaired:
+        sys.stdout.write(f"repaired in {len(repaired)} sync run(s): {', '.join(r['run_id'] for r in repaired)}\n")
+    if not report.ok and not repaired:
+        sys.stdout.write("run `codeindex verify --repair` to index again what is missing, extra or corrupt\n")
+
+
 def main() -> None:
     """Entry point: run the command; every failure becomes one ``error:`` line on standard error
     and its exit code (README, "Exit codes"), the traceback only with ``--verbose`` or

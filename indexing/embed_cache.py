@@ -33,22 +33,27 @@ class EmbeddingCache(Protocol):
 
 
 class SQLiteEmbeddingCache:
-    """The embedding cache in one SQLite file (WAL mode, one connection per thread)."""
+    """The embedding cache in one SQLite file (WAL mode, one connection per thread).
+
+    Raises :class:`StoreError` when the file cannot be opened, read or written."""
 
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self._local = threading.local()
-        conn = self._conn()
-        # A rowid table with a unique index, not WITHOUT ROWID: rows of 1.5 KB are far above
-        # the size the SQLite docs recommend for WITHOUT ROWID tables ("WITHOUT ROWID
-        # Optimization", section 4), and inserts slowed down as the cache grew.
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_sha256 TEXT NOT NULL, "
-            "vector BLOB NOT NULL)"
-        )
-        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS embeddings_key ON embeddings (model, text_sha256)")
-        conn.commit()
+        try:
+            conn = self._conn()
+            # A rowid table with a unique index, not WITHOUT ROWID: rows of 1.5 KB are far above
+            # the size the SQLite docs recommend for WITHOUT ROWID tables ("WITHOUT ROWID
+            # Optimization", section 4), and inserts slowed down as the cache grew.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_sha256 TEXT NOT NULL, "
+                "vector BLOB NOT NULL)"
+            )
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS embeddings_key ON embeddings (model, text_sha256)")
+            conn.commit()
+        except (sqlite3.Error, OSError) as exc:  # a directory in its place, a read-only or full disk
+            raise StoreError(f"embedding cache {self.path}: {exc}") from exc
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

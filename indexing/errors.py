@@ -70,6 +70,12 @@ class StoreError(CodeindexError):
     """The vector store, the state store or the embedding cache failed."""
 
 
+class DamagedStoreError(CodeindexError):
+    """The vector store cannot be read, or holds other objects than the state records: a sync
+    would report files unchanged that search cannot find. ``codeindex verify --repair`` mends
+    it. Not a StoreError: retrying does not help."""
+
+
 class DependencyUnavailableError(StoreError):
     """A dependency's circuit breaker is open: calls to it fail fast until it is tried again.
 

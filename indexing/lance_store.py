@@ -21,7 +21,7 @@ import filelock
 import numpy as np
 
 from indexing.errors import StoreError
-from indexing.store import EXPORT_FIELDS, SearchHit, VectorObject
+from indexing.store import EXPORT_FIELDS, SearchHit, StoredChunk, VectorObject
 
 _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
                "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
@@ -206,7 +206,26 @@ class LanceDBStore:
         table = self._open()
         if table is None:
             return 0
-        return int(table.count_rows(f"repo = {_quote(repo)}" if repo else None))
+        try:
+            return int(table.count_rows(f"repo = {_quote(repo)}" if repo else None))
+        except Exception as exc:
+            raise StoreError(f"count of {self.collection} in {self.uri} failed: {exc}") from exc
+
+    def inventory(self, repo: str) -> Iterator[StoredChunk]:
+        data = self._scan(["id", "path", "chunk_index", "content", "content_sha256"], f"repo = {_quote(repo)}")
+        if data is None:
+            return
+        for batch in data.to_batches(max_chunksize=2048):
+            for row in batch.to_pylist():
+                yield StoredChunk(**row)
+
+    def drop(self) -> None:
+        try:
+            if self._open() is not None:
+                self._db.drop_table(self.collection)
+        except Exception as exc:
+            raise StoreError(f"cannot drop table {self.collection} in {self.uri}: {exc}") from exc
+        self._table = None
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:
         columns = list(EXPORT_FIELDS) + (["vector"] if with_vectors else [])

@@ -39,6 +39,8 @@ class SyncRequest(BaseModel):
     force: bool = False
     trigger: str = "cli"
     hops: int = Field(default=0, ge=0, description="Times a plan was forwarded to a new owner.")
+    reindex: bool = Field(default=False, description="Embed and write the named files again even when "
+                          "unchanged, and ask the store which chunks exist (`verify --repair`).")
 
     def forwarded(self) -> SyncRequest:
         """This request, counted as forwarded once more to another shard."""

@@ -152,6 +152,14 @@ class PostgresStateStore:
         return [r["path"] for r in self._query("SELECT path FROM files WHERE repo_id = %s AND linked ORDER BY path",
                                                [repo_id])]
 
+    def all_file_states(self, repo_id: str) -> list[FileState]:
+        return [FileState(**r) for r in self._query(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE repo_id = %s ORDER BY path", [repo_id])]
+
+    def indexed_chunks(self, repo_id: str) -> int:
+        rows = self._query("SELECT COALESCE(SUM(chunk_count), 0)::bigint AS n FROM files WHERE repo_id = %s", [repo_id])
+        return int(rows[0]["n"]) if rows else 0
+
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
                      deletes: Sequence[str], last_commit: str | None,
                      filter_fingerprint: str | None = None) -> None:

@@ -78,6 +78,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     PARTIAL = "partial"
     FAILED = "failed"
+    REFUSED = "refused"  # refused to protect the index (mass delete, another model), or bad input
     ABANDONED = "abandoned"  # its process ended (interrupted, killed) before it finished
     REISSUED = "reissued"  # its worker died; the run named in its message does its work
     DRY_RUN = "dry-run"
@@ -171,6 +172,14 @@ class StateStore(Protocol):
 
     def linked_paths(self, repo_id: str) -> list[str]:
         """The indexed paths that lead through a symlink (``FileState.linked``), sorted."""
+        ...
+
+    def all_file_states(self, repo_id: str) -> list[FileState]:
+        """Every indexed file of the repository, sorted by path."""
+        ...
+
+    def indexed_chunks(self, repo_id: str) -> int:
+        """How many chunks the repository's indexed files have: the objects the store should hold."""
         ...
 
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
@@ -406,6 +415,14 @@ class SQLiteStateStore:
     def linked_paths(self, repo_id: str) -> list[str]:
         return [r[0] for r in self._query("SELECT path FROM files WHERE repo_id = ? AND linked = 1 ORDER BY path",
                                           [repo_id])]
+
+    def all_file_states(self, repo_id: str) -> list[FileState]:
+        return [FileState(**dict(r)) for r in self._query(
+            f"SELECT {FILE_COLUMNS} FROM files WHERE repo_id = ? ORDER BY path", [repo_id])]
+
+    def indexed_chunks(self, repo_id: str) -> int:
+        rows = self._query("SELECT COALESCE(SUM(chunk_count), 0) FROM files WHERE repo_id = ?", [repo_id])
+        return int(rows[0][0]) if rows else 0
 
     def commit_files(self, repo_id: str, fence: int, upserts: Sequence[FileState],
                      deletes: Sequence[str], last_commit: str | None,

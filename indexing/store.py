@@ -38,6 +38,17 @@ class VectorObject:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """What the store holds of one object, as ``codeindex verify`` checks it against the state."""
+
+    id: str
+    path: str
+    chunk_index: int
+    content: str
+    content_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class SearchHit:
     """A search result: ``score`` is the cosine similarity (1.0 = same direction)."""
 
@@ -78,12 +89,23 @@ class VectorStore(Protocol):
         """
         ...
 
+    def inventory(self, repo: str) -> Iterator[StoredChunk]:
+        """Yield every object of ``repo`` with its content, reading all of its data (what
+        ``codeindex verify`` compares with the state). Raises StoreError when it cannot be read."""
+        ...
+
+    def drop(self) -> None:
+        """Delete the whole collection (``verify --repair`` of a store that cannot be read; the
+        repositories are then indexed again)."""
+        ...
+
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
         """Return the ``k`` objects nearest to ``vector`` (cosine), optionally within ``repo``."""
         ...
 
     def count(self, repo: str | None = None) -> int:
-        """Number of objects, in all repositories or in ``repo``."""
+        """Number of objects, in all repositories or in ``repo`` (which reads the data of every
+        fragment: a store with missing data files raises StoreError here)."""
         ...
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:

@@ -28,7 +28,10 @@ from indexing.changes import Change, ChangeKind, commit_exists, git_changes, hea
 from indexing.chunking import chunk_text
 from indexing.embed_cache import EmbeddingCache
 from indexing.embedders import Embedder
-from indexing.errors import FileIssue, MassDeleteError, ModelMismatchError, RepositoryError
+from indexing.errors import (
+    DamagedStoreError, DependencyUnavailableError, FileIssue, MassDeleteError, ModelMismatchError, RefusedError,
+    RepositoryError, StoreError, UsageError,
+)
 from indexing.ids import object_id, sha256_hex
 from indexing.languages import language_of
 from indexing.messages import (
@@ -36,7 +39,7 @@ from indexing.messages import (
 )
 from indexing.paths import is_linked, relative_path
 from indexing.scanner import FileFilter, decode, read_file, walk
-from indexing.state import CollectionMeta, FileState, RunRecord, RunStatus, StateStore, utcnow
+from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, RunStatus, StateStore, utcnow
 from indexing.store import VectorObject, VectorStore
 
 
@@ -113,13 +116,15 @@ class SyncEnvironment(Protocol):
 class PreparedSync:
     """What :func:`prepare_sync` made of a request: the plan, the run it started, and the
     messages of the embedding chord (``batch_jobs``, then ``commit_job``). ``summary`` is set
-    instead when nothing is left to embed: a dry run, or a plan that was committed at once."""
+    instead when nothing is left to embed: a dry run, or a plan that was committed at once.
+    ``superseded`` says why nothing was done: the run was re-issued as another."""
 
-    plan: Plan
+    plan: Plan | None
     run: RunRecord | None = None
     commit_job: CommitJob | None = None
     batch_jobs: list[BatchJob] = field(default_factory=list)
     summary: SyncSummary | None = None
+    superseded: str = ""
 
 
 def process_owner() -> str:
@@ -160,15 +165,16 @@ def abandon_dead_runs(state: StateStore) -> list[str]:
 
 
 def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") -> PreparedSync:
-    """Plan ``request`` under the repository's lock and start its run (``task_id``: the plan
-    task's, kept with the run so that a run whose worker died can be re-issued).
+    """Start the run of ``request`` and plan it under the repository's lock (``task_id``: the
+    plan task's, kept with the run so that a run whose worker died can be re-issued).
 
-    A dry run plans on a read-only state and returns its summary, writing nothing. Otherwise a
-    fencing token is granted under the lock, the plan is made, the run recorded, and the
-    embedding batches and the commit job returned; a plan with nothing to embed is committed
-    here and its summary returned.
+    A dry run plans on a read-only state and returns its summary, writing nothing. Otherwise the
+    run is recorded first (so a worker that dies while planning leaves a run to re-issue), a
+    fencing token is granted under the lock, the plan is made, and the embedding batches and
+    the commit job returned; a plan with nothing to embed is committed here and its summary
+    returned. A run already re-issued (``workers.reissue``) is not done again: ``superseded``.
     Raises :class:`ModelMismatchError`, :class:`MassDeleteError`, :class:`RepositoryError`,
-    LockTimeoutError and StoreError (from the lock and the stores).
+    :class:`DamagedStoreError`, LockTimeoutError and StoreError (from the lock and the stores).
     """
     started = utcnow()
     root = Path(request.root)
@@ -178,30 +184,82 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") 
         plan = plan_sync(request, state, env.file_filter(root), env.limits)
         return PreparedSync(plan, summary=summarize_plan(request, plan, seconds_since(started)))
     state = env.state
-    with env.repo_lock(request.repo_id):
-        check_model(state, request.collection, env.embedder)
-        previous = state.get_repo(request.repo_id)
-        fence = state.grant_fence(request.repo_id, request.root, request.collection)
-        plan = plan_sync(request, state, env.file_filter(root), env.limits)
-    batches = plan.batches(env.limits.batch_files, env.limits.batch_bytes)
-    total = sum(len(b) for b in batches)
+    existing = state.get_run(request.run_id)
+    if existing is not None and existing.status is RunStatus.REISSUED:
+        return PreparedSync(None, superseded=existing.message)
     run = RunRecord(id=request.run_id, repo_id=request.repo_id, trigger=request.trigger, started_at=started,
-                    files_total=total, message=plan.note, shard_id=env.shard_id, owner=process_owner(),
-                    task_id=task_id, request=request.model_dump_json())
+                    shard_id=env.shard_id, owner=process_owner(), task_id=task_id, request=request.model_dump_json())
+    state.start_run(run)
+    try:
+        with env.repo_lock(request.repo_id):
+            check_model(state, request.collection, env.embedder)
+            previous = state.get_repo(request.repo_id)
+            fence = state.grant_fence(request.repo_id, request.root, request.collection)
+            plan = plan_sync(request, state, env.file_filter(root), env.limits)
+            # A full scan, and a sync that writes (it opens the store anyway), first make sure the
+            # store can be read and agrees with the state; a no-op incremental sync (a hook's) does
+            # not open the store at all, so it does not pay for the check.
+            scanned = request.source == "all" or bool(plan.note)
+            if not request.reindex and (scanned or any(f.action in _WRITES for f in plan.files)):
+                check_store(env.vector_store(request.collection), state, request.repo_id, previous)
+    except (RefusedError, UsageError) as exc:  # answers, not failures: the run ends with them
+        run.status, run.finished_at, run.message = RunStatus.REFUSED, utcnow(), str(exc)[:1000]
+        state.finish_run(run)
+        raise
+    batches = plan.batches(env.limits.batch_files, env.limits.batch_bytes)
+    run.files_total, run.message = sum(len(b) for b in batches), plan.note
     state.start_run(run)
     context = RunContext(run_id=request.run_id, repo_id=request.repo_id, root=request.root,
                          collection=request.collection, fence=fence, commit=plan.commit)
     job = CommitJob(**context.model_dump(), advance_commit=plan.advance_commit, trigger=request.trigger,
-                    started_at=started, files_total=total, filter_fingerprint=plan.filter_fingerprint, files=plan.files,
-                    verify_store=previous is not None and previous.fence > previous.committed_fence)
+                    started_at=started, files_total=run.files_total, filter_fingerprint=plan.filter_fingerprint,
+                    files=plan.files,
+                    verify_store=request.reindex or (previous is not None and previous.fence > previous.committed_fence))
     if not batches:
         return PreparedSync(plan, run, job, summary=finish_sync(job, [], env))
     record_model(state, request.collection, env.embedder)
     return PreparedSync(plan, run, job, [BatchJob(**context.model_dump(), files=files) for files in batches])
 
 
+_WRITES = (Action.ADD, Action.UPDATE, Action.DELETE)
+
+
+def check_store(store: VectorStore, state: StateStore, repo_id: str, previous: RepoRecord | None) -> None:
+    """Refuse to sync onto a store that cannot be read, or that holds another number of the
+    repository's objects than the state records after a sync that committed: the sync would
+    call files unchanged that search cannot find.
+
+    Counting the repository's objects reads the data of every fragment of the table, so a
+    missing data file shows here. Raises StoreError (retried: it may pass) for a store that
+    cannot be read, :class:`DamagedStoreError` for a count that differs; both name
+    ``codeindex verify --repair``.
+    """
+    try:
+        stored = store.count(repo_id)
+    except DependencyUnavailableError:
+        raise
+    except StoreError as exc:
+        raise StoreError(f"the vector store cannot be read ({exc}); if syncs keep failing so, "
+                         "`codeindex verify --repair` indexes again what it lost") from exc
+    if previous is not None and previous.fence == previous.committed_fence:
+        expected = state.indexed_chunks(repo_id)
+        if stored != expected:
+            raise DamagedStoreError(
+                f"the vector store holds {stored} objects of repository {repo_id} where the state records "
+                f"{expected}: run `codeindex verify` to see which, and `codeindex verify --repair` to mend them")
+
+
 def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
-    """Index one batch (:func:`index_batch`) and count its files as done in the run."""
+    """Index one batch (:func:`index_batch`) and count its files as done in the run.
+
+    A batch of a sync older than the repository's last commit (a batch a dead worker held,
+    redelivered after its run was re-issued and committed) writes nothing and returns no
+    results: its upserts could only add chunks the newer sync did not keep, and its commit
+    is refused anyway.
+    """
+    repo = env.state.get_repo(job.repo_id)
+    if repo is not None and repo.committed_fence > job.fence:
+        return []
     results = index_batch(job, env.vector_store(job.collection), env.embedding_cache, env.embedder,
                           env.limits.max_file_size)
     env.state.advance_run(job.run_id, len(job.files))
@@ -322,7 +380,8 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
     known = state.file_states(request.repo_id, [rel for rel, kind in wanted.items() if isinstance(kind, ChangeKind)])
     planned = [
         kind if isinstance(kind, PlannedFile)
-        else _plan_one(root, rel, kind, known.get(rel), delete_missing, file_filter, limits.max_file_size)
+        else _plan_one(root, rel, kind, known.get(rel), delete_missing, file_filter, limits.max_file_size,
+                       request.reindex)
         for rel, kind in wanted.items()
     ]
     planned = [p for p in planned if p is not None]
@@ -356,11 +415,12 @@ def _reevaluate(request: SyncRequest, root: Path, state: StateStore, file_filter
 
 
 def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
-              file_filter: FileFilter, max_size: int) -> PlannedFile | None:
+              file_filter: FileFilter, max_size: int, reindex: bool = False) -> PlannedFile | None:
     """The decision for one path; None when there is nothing to say (deleted and never indexed).
-    A problem of this path's own (a name too long, an unreadable directory) becomes its ERROR."""
+    A problem of this path's own (a name too long, an unreadable directory) becomes its ERROR.
+    ``reindex``: an unchanged file is written again (``verify --repair``)."""
     try:
-        return _decide(root, rel, kind, known, delete_missing, file_filter, max_size)
+        return _decide(root, rel, kind, known, delete_missing, file_filter, max_size, reindex)
     except OSError as exc:
         return PlannedFile(path=rel, action=Action.ERROR, reason=f"unreadable: {exc.strerror or exc}",
                            old_chunks=known.chunk_count if known else 0)
@@ -375,7 +435,7 @@ def _refused(rel: str, reason: str, known: FileState | None, action: Action) -> 
 
 
 def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
-            file_filter: FileFilter, max_size: int) -> PlannedFile | None:
+            file_filter: FileFilter, max_size: int, reindex: bool) -> PlannedFile | None:
     try:
         os.lstat(root / rel)
         on_disk = True
@@ -394,7 +454,7 @@ def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, del
     try:
         data = read_file(root, rel, max_size)
         digest = sha256_hex(data)
-        if known and known.sha256 == digest:
+        if known and known.sha256 == digest and not reindex:
             return PlannedFile(path=rel, action=Action.UNCHANGED, size=len(data), sha256=digest,
                                old_chunks=known.chunk_count)
         decode(data)

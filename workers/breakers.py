@@ -24,7 +24,7 @@ from indexing.errors import (
     StaleFenceError,
     UsageError,
 )
-from indexing.store import SearchHit, VectorObject, VectorStore
+from indexing.store import SearchHit, StoredChunk, VectorObject, VectorStore
 
 log = logging.getLogger("codeindex.breakers")
 
@@ -139,6 +139,12 @@ class GuardedVectorStore:
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         return call_through(self._breaker(), self._store.chunk_indexes, repo, paths)
+
+    def inventory(self, repo: str) -> Iterator[StoredChunk]:
+        return call_through(self._breaker(), self._store.inventory, repo)
+
+    def drop(self) -> None:
+        call_through(self._breaker(), self._store.drop)
 
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
         return call_through(self._breaker(), self._store.search, vector, k, repo)

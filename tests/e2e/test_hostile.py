@@ -218,7 +218,8 @@ def _full_disk(repo: Path, tmp: Path) -> dict:
 def _mass_delete(repo: Path, tmp: Path) -> dict:
     for rel in tracked(repo)[:15]:
         (repo / rel).unlink()
-    return {"args": ("sync", "--all", "--delete-missing")}
+    return {"args": ("sync", "--all", "--delete-missing"),
+            "after": lambda: runs(repo, "refused") and not runs(repo, "running")}
 
 
 def _unknown_status_letter(repo: Path, tmp: Path) -> dict:
@@ -319,6 +320,8 @@ def test_hostile_case(name: str, repo: Path, tmp_path: Path) -> None:
                 assert "Traceback" not in proc.stderr.decode() and not proc.stderr.strip(), proc.stderr.decode()
             for expected in filter(None, [case.output, spec.get("expect_out")]):
                 assert expected in proc.stdout.decode(), proc.stdout.decode()[-3000:]
+            if "after" in spec:
+                assert spec["after"](), "the run ended otherwise"
         if "heal" in spec:
             spec["heal"]()
         next_sync = run(repo, *NEXT_SYNC, env=sticky)

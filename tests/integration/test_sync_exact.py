@@ -194,8 +194,9 @@ def test_failed_batch_leaves_state_unadvanced_and_next_sync_completes(real_repo:
     from workers import runtime
 
     index_home.mkdir(parents=True, exist_ok=True)
-    (index_home / "lancedb").write_text("not a directory: the vector store cannot open")
-    with pytest.raises(SyncFailedError, match="LanceDB"):
+    # The embedding cache is what only the batches use: a directory where its file should be.
+    (index_home / "embeddings.sqlite").mkdir()
+    with pytest.raises(SyncFailedError, match="embedding cache"):
         sync(real_repo, "all")
     state = runtime.runtime().state
     assert state.indexed_paths("repo") == []
@@ -204,7 +205,7 @@ def test_failed_batch_leaves_state_unadvanced_and_next_sync_completes(real_repo:
     assert runs[0].status == "failed"
     assert state.failures()[0].task == "codeindex.embed.batch"
 
-    (index_home / "lancedb").unlink()
+    (index_home / "embeddings.sqlite").rmdir()
     runtime.reset()
     summary = sync(real_repo, "detect")
     assert summary["errors"] == 0 and summary["added"] == len(python_files(real_repo)) + 1
