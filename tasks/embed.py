@@ -12,5 +12,7 @@ from workers.runtime import runtime
 @codeindex_task("codeindex.embed.batch", kind=TaskKind.EMBED)
 def batch(self, job: dict) -> list[dict]:
     """Read, chunk, embed and upsert one :class:`BatchJob`; return its file results."""
-    results = embed_batch(BatchJob.model_validate(job), runtime())
+    work = BatchJob.model_validate(job)
+    with runtime().running_batch(work.run_id):
+        results = embed_batch(work, runtime())
     return [r.model_dump(mode="json") for r in results]

@@ -4,11 +4,12 @@ the chord's error callback."""
 from __future__ import annotations
 
 from celery import chord
+from celery.exceptions import Ignore
 
 from config.celery import shard_queue
 from config.kinds import TaskKind
 from indexing.messages import CommitJob, FileResult, SyncRequest
-from indexing.sync import finish_sync, prepare_sync
+from indexing.sync import PreparedSync, finish_sync, prepare_sync
 from tasks.embed import batch
 from workers.app import codeindex_task
 from workers.deadletter import mark_run_failed
@@ -23,11 +24,17 @@ def plan(self, request: dict) -> dict:
     if (owner := runtime().owner_elsewhere(req.repo_id, req.hops)) is not None:
         return self.replace(plan.s(req.forwarded().model_dump(mode="json")).set(queue=shard_queue(owner)))
     prepared = prepare_sync(req, runtime(), task_id=self.request.id)
+    if prepared.superseded:  # re-issued since (workers.reissue): the new run answers the caller
+        raise Ignore()
     if prepared.summary is not None:
         return prepared.summary.model_dump(mode="json")
+    return self.replace(_embedding_chord(prepared, req.run_id))
+
+
+def _embedding_chord(prepared: PreparedSync, run_id: str) -> chord:
+    """The chord of a prepared sync: its embedding batches, then its commit (failure: :func:`fail`)."""
     header = [batch.s(job.model_dump(mode="json")) for job in prepared.batch_jobs]
-    body = commit.s(prepared.commit_job.model_dump(mode="json")).on_error(fail.s(run_id=req.run_id))
-    return self.replace(chord(header, body))
+    return chord(header, commit.s(prepared.commit_job.model_dump(mode="json")).on_error(fail.s(run_id=run_id)))
 
 
 @codeindex_task("codeindex.sync.commit", kind=TaskKind.REPO)

@@ -56,6 +56,35 @@ def redis_lock_key(repo_id: str) -> str:
     return f"codeindex:lock:repo:{repo_id}"
 
 
+#: Which shard holds each repository lock (lock key -> shard id), so that the locks of a shard
+#: declared dead can be broken at once instead of when their ttl runs out.
+LOCK_HOLDERS = "codeindex:lock:holders"
+
+# Delete the locks a dead shard holds: each still named as its in the holders' hash.
+_BREAK_LOCKS = """
+local broken = {}
+local entries = redis.call('hgetall', KEYS[1])
+for i = 1, #entries, 2 do
+  if entries[i + 1] == ARGV[1] then
+    redis.call('del', entries[i])
+    redis.call('hdel', KEYS[1], entries[i])
+    table.insert(broken, entries[i])
+  end
+end
+return broken
+"""
+
+
+def break_locks_of(client: redis.Redis, holder: str) -> list[str]:
+    """Break every repository lock ``holder`` (a shard declared dead) holds; the repository ids.
+
+    Safe because every write is fenced: were the holder still alive, its late writes would be
+    refused (DESIGN.md, "Reliability rules"). Raises ``redis.RedisError`` when Redis cannot be
+    reached."""
+    prefix = redis_lock_key("")
+    return [key.decode().removeprefix(prefix) for key in client.eval(_BREAK_LOCKS, 1, LOCK_HOLDERS, holder)]
+
+
 class RedisLockHandle:
     """What the holder of a Redis repository lock can see while it holds it.
 
@@ -105,11 +134,12 @@ def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
 
 @contextmanager
 def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: float,
-                    renew_every: float | None = None) -> Iterator[RedisLockHandle]:
+                    renew_every: float | None = None, holder: str | None = None) -> Iterator[RedisLockHandle]:
     """Hold the Redis lock of ``repo_id`` for the ``with`` block, renewed while held.
 
     The lock lives ``ttl`` seconds unless renewed; a daemon thread renews it every
-    ``renew_every`` seconds (default ``ttl / 3``). Waits up to ``timeout`` seconds for it:
+    ``renew_every`` seconds (default ``ttl / 3``). ``holder`` (a shard id) is recorded in
+    :data:`LOCK_HOLDERS` while held, for :func:`break_locks_of`. Waits up to ``timeout`` seconds for it:
     raises :class:`LockTimeoutError` when another holder keeps it, and
     :class:`BrokerUnavailableError` when Redis cannot be reached. Released on every exit
     path; releasing a lock already lost logs a warning and does not raise, since redis-py's
@@ -133,6 +163,8 @@ def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: f
         raise LockTimeoutError(
             f"repository {repo_id} is locked by another sync (waited {timeout:g}s); retry later"
         )
+    if holder is not None:
+        _note_holder(client, repo_id, holder)
     handle = RedisLockHandle(repo_id, ttl)
     renewer = threading.Thread(target=_renew, args=(lock, handle, every), daemon=True,
                                name=f"lock-renewer:{repo_id}")
@@ -143,6 +175,20 @@ def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: f
         handle._stop.set()
         renewer.join(timeout=every)
         _release(lock, handle)
+        if holder is not None and not handle.lost:
+            _note_holder(client, repo_id, None)
+
+
+def _note_holder(client: redis.Redis, repo_id: str, holder: str | None) -> None:
+    """Record (or, with None, forget) who holds the lock; a failure only delays a dead holder's
+    lock to its ttl, so it is logged, never raised."""
+    try:
+        if holder is None:
+            client.hdel(LOCK_HOLDERS, redis_lock_key(repo_id))
+        else:
+            client.hset(LOCK_HOLDERS, redis_lock_key(repo_id), holder)
+    except redis.RedisError as exc:
+        log.warning("redis lock holder not recorded repo=%s error=%s", repo_id, exc)
 
 
 def _release(lock: Lock, handle: RedisLockHandle) -> None:

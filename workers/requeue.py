@@ -51,8 +51,12 @@ def requeue_from(rt: Runtime, shard_ids: Iterable[str], timeout: float = 1.0) ->
         log.info("moving %s[%s] from %s to %s", name, message.headers.get("id"), source, target)
         return Queue(target, routing_key=target)
 
-    state = move(destination, app=app, source=[Queue(q, routing_key=q) for q in waiting], timeout=timeout)
-    moved = state.filtered
+    # Count with move()'s callback: the State it returns is its filter's, not the one it counts
+    # the moved messages in (celery.contrib.migrate.move), so its ``filtered`` always reads 0.
+    moves: list[str] = []
+    move(destination, app=app, source=[Queue(q, routing_key=q) for q in waiting], timeout=timeout,
+         callback=lambda state, body, message: moves.append(message.headers.get("id")))
+    moved = len(moves)
     if moved:
         metrics.MESSAGES_MOVED.inc(moved)
         log.info("moved %d messages out of %s", moved, ", ".join(waiting))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -216,7 +216,23 @@ class Runtime:
         client = self.redis
         if client is None:
             return locks.repo_lock(self.home, repo_id, self.settings.lock_timeout)
-        return locks.redis_repo_lock(client, repo_id, ttl=self.settings.lock_ttl, timeout=self.settings.lock_timeout)
+        return locks.redis_repo_lock(client, repo_id, ttl=self.settings.lock_ttl, timeout=self.settings.lock_timeout,
+                                     holder=self.shard_id)
+
+    @contextmanager
+    def running_batch(self, run_id: str) -> Iterator[None]:
+        """Record, while the block runs, that this shard holds an embedding batch of ``run_id``
+        (a Redis set, kept no longer than task results): were the shard to die holding it,
+        beat re-issues the run at once (``workers.reissue``). Nothing to record when embedded."""
+        client = self.redis if self.in_fleet else None
+        key = shard_runs_key(self.shard_id)
+        if client is not None:
+            client.pipeline().sadd(key, run_id).expire(key, self.settings.result_expires).execute()
+        try:
+            yield
+        finally:
+            if client is not None:
+                client.srem(key, run_id)
 
     def breaker(self, dependency: Dependency) -> pybreaker.CircuitBreaker:
         """The circuit breaker of ``dependency``, its state in Redis in a fleet, in memory otherwise.
@@ -308,6 +324,11 @@ _current: Runtime | None = None
 #: Runtimes a forked child inherited. They are kept, never used: letting them be collected
 #: would run their connection pools' finalisers on the parent's sockets and threads.
 _inherited: list[Runtime] = []
+
+
+def shard_runs_key(shard_id: str) -> str:
+    """The Redis set of the runs whose embedding batches shard ``shard_id`` took."""
+    return f"codeindex:shard:{shard_id}:runs"
 
 
 def runtime() -> Runtime:

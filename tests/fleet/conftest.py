@@ -75,15 +75,20 @@ class Fleet:
 
     # processes
 
-    def _spawn(self, args: list[str], log_name: str, extra_env: dict | None = None) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log_name: str, extra_env: dict | None = None,
+               prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         log = open(self.logs / f"{log_name}.log", "ab")
-        return subprocess.Popen([CLI, *args], env={**self.env, **(extra_env or {})}, stdout=log,
+        return subprocess.Popen([*prefix, CLI, *args], env={**self.env, **(extra_env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_worker(self, shard_id: str, capacity: int = 100, concurrency: int = 1, wait: bool = True,
-                     extra_env: dict | None = None) -> subprocess.Popen:
+                     extra_env: dict | None = None, permissions: bool = False) -> subprocess.Popen:
+        """Start ``codeindex worker``; ``permissions``: without the power to ignore file
+        permissions (as any user but root runs), so that a test can make a directory read-only."""
+        prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search") \
+            if permissions and os.geteuid() == 0 else ()
         proc = self._spawn(["worker", "--shard-id", shard_id, "--capacity", str(capacity), "-c", str(concurrency),
-                            "--loglevel", "INFO"], f"worker-{shard_id}", extra_env)
+                            "--loglevel", "INFO"], f"worker-{shard_id}", extra_env, prefix)
         self.workers[shard_id] = proc
         if wait:
             wait_for(lambda: self.shard_status(shard_id) == "active" and self.consuming(shard_id), 60,

@@ -135,3 +135,27 @@ def test_the_cli_reports_an_unreachable_registry_in_one_line(tmp_path: Path, red
     assert result.returncode == 4, result.stderr
     assert result.stderr.startswith("error: cannot reach the state store and shard registry")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_moving_queued_messages_counts_what_it_moved(publisher, redis_url) -> None:
+    """Celery's move() returns its filter's State, not the one it counts in; the count of
+    moved messages (and codeindex_messages_moved_total) must be the real one."""
+    import redis
+    from prometheus_client import REGISTRY
+
+    from tasks.sync import plan
+    from workers.requeue import requeue_from
+
+    def moved_total() -> float:
+        return REGISTRY.get_sample_value("codeindex_messages_moved_total") or 0.0
+
+    publisher.registry.assign("queued", "a")
+    for _ in range(3):
+        plan.apply_async(args=[request_for("queued")], queue="shard.a")
+    publisher.registry.assign("queued", "b")  # a drained, say: the messages must follow
+    before = moved_total()
+    assert requeue_from(publisher, ["a"]) == 3
+    broker = redis.Redis.from_url(redis_url)
+    assert (broker.llen("shard.a"), broker.llen("shard.b")) == (0, 3)
+    assert moved_total() - before == 3
+    assert requeue_from(publisher, ["a"]) == 0  # nothing left to move
