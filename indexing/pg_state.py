@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 import psycopg
 
 from indexing.errors import StaleFenceError, StoreError
-from indexing.postgres import PgDatabase, migrate
+from indexing.postgres import PgDatabase, open_migrated
 from indexing.state import (
     FAILURE_COLUMNS, REPO_STATS_SQL, CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats,
     RunRecord, RunStatus, utcnow,
@@ -86,17 +86,11 @@ class PostgresStateStore:
 
     def __init__(self, database: str | PgDatabase, *, readonly: bool = False, connect_timeout: float = 5.0,
                  statement_timeout_ms: int = 30_000) -> None:
-        owned = not isinstance(database, PgDatabase)
-        self.db = PgDatabase(database, what="state store", connect_timeout=connect_timeout,
-                             statement_timeout_ms=statement_timeout_ms, readonly=readonly) if owned else database
+        readonly = database.readonly if isinstance(database, PgDatabase) else readonly
+        self.db = open_migrated(database, "state", STATE_SCHEMA, migrated=not readonly, what="state store",
+                                connect_timeout=connect_timeout, statement_timeout_ms=statement_timeout_ms,
+                                readonly=readonly)
         self.readonly = self.db.readonly
-        if not self.readonly:
-            try:
-                self.db.run(lambda conn: migrate(conn, "state", STATE_SCHEMA), transaction=False)
-            except BaseException:
-                if owned:  # its pool would go on reconnecting in the background
-                    self.db.close()
-                raise
 
     def close(self) -> None:
         """Close the store's connections."""

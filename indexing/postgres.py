@@ -68,6 +68,24 @@ def migrate(conn: psycopg.Connection, component: str, statements: Sequence[str])
                      [component, digest])
 
 
+def open_migrated(database: str | PgDatabase, component: str, statements: Sequence[str], *, migrated: bool = True,
+                  **options) -> PgDatabase:
+    """``database`` (a DSN, opened with ``options``, or a shared :class:`PgDatabase`) with
+    ``component``'s tables migrated (unless ``migrated`` is False: a read-only user). A pool
+    opened here is closed again when the migration fails, or it would go on reconnecting in
+    the background. Raises StoreError."""
+    owned = not isinstance(database, PgDatabase)
+    db = PgDatabase(database, **options) if owned else database
+    if migrated:
+        try:
+            db.run(lambda conn: migrate(conn, component, statements), transaction=False)
+        except BaseException:
+            if owned:
+                db.close()
+            raise
+    return db
+
+
 def _secrets(dsn: str) -> set[str]:
     """The password(s) a DSN carries, to keep them out of messages, even from a malformed DSN."""
     found = set(re.findall(r"://[^:/@\s]*:([^@\s]+)@", dsn))

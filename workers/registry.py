@@ -97,16 +97,10 @@ class ShardRegistry:
     """
 
     def __init__(self, database: str | PgDatabase, *, connect_timeout: float = 5.0) -> None:
-        from indexing.postgres import PgDatabase, migrate  # lazy: psycopg and its pool only in a fleet
+        from indexing.postgres import open_migrated  # lazy: psycopg and its pool only in a fleet
 
-        owned = not isinstance(database, PgDatabase)
-        self.db = PgDatabase(database, what="shard registry", connect_timeout=connect_timeout) if owned else database
-        try:
-            self.db.run(lambda conn: migrate(conn, "registry", REGISTRY_SCHEMA), transaction=False)
-        except BaseException:
-            if owned:  # its pool would go on reconnecting in the background
-                self.db.close()
-            raise
+        self.db = open_migrated(database, "registry", REGISTRY_SCHEMA, what="shard registry",
+                                connect_timeout=connect_timeout)
 
     def close(self) -> None:
         """Close the registry's connections."""

@@ -44,30 +44,20 @@ def append(path: Path, line: str) -> None:
     path.write_text(path.read_text() + f"\n{line}\n")
 
 
-def test_an_upward_import_breaks_the_layers_and_is_named(copy_of_the_code: Path) -> None:
-    append(copy_of_the_code / "indexing" / "ids.py", "import workers.runtime  # an upward import")
+@pytest.mark.parametrize(("module", "added", "broken", "named"), [
+    ("indexing/ids.py", "import workers.runtime  # an upward import",
+     "Layers: config < indexing < workers < tasks < beat < cli BROKEN", "indexing.ids -> workers.runtime"),
+    ("indexing/sync.py", "import celery",
+     "The domain (indexing) imports no Celery and no layer above it BROKEN", "indexing.sync -> celery"),
+    ("workers/registry.py", "def _hidden():\n    from workers import runtime  # inside a function, still seen",
+     "No import cycle inside a folder BROKEN", "- .registry -> .runtime (1 import)"),
+], ids=["upward import", "celery in the domain", "cycle inside a folder"])
+def test_a_broken_contract_fails_and_names_the_import(copy_of_the_code: Path, module: str, added: str, broken: str,
+                                                      named: str) -> None:
+    append(copy_of_the_code / module, added)
     result = lint_imports(copy_of_the_code)
     assert result.returncode == 1
-    assert "Layers: config < indexing < workers < tasks < beat < cli BROKEN" in result.stdout
-    assert "indexing.ids -> workers.runtime" in result.stdout
-
-
-def test_celery_in_the_domain_is_refused(copy_of_the_code: Path) -> None:
-    append(copy_of_the_code / "indexing" / "sync.py", "import celery")
-    result = lint_imports(copy_of_the_code)
-    assert result.returncode == 1
-    assert "imports no Celery and no layer above it BROKEN" in result.stdout
-    assert "indexing.sync -> celery" in result.stdout
-
-
-def test_a_cycle_inside_a_folder_is_refused_even_inside_a_function(copy_of_the_code: Path) -> None:
-    append(copy_of_the_code / "workers" / "registry.py",
-           "def _hidden():\n    from workers import runtime  # a function-local import does not hide it")
-    result = lint_imports(copy_of_the_code)
-    assert result.returncode == 1
-    assert "No import cycle inside a folder BROKEN" in result.stdout
-    assert "No cycles are allowed in workers." in result.stdout
-    assert "- .registry -> .runtime (1 import)" in result.stdout
+    assert broken in result.stdout and named in result.stdout, result.stdout
 
 
 def _product_modules():
