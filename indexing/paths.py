@@ -25,7 +25,8 @@ def relative_path(root: Path, raw: str) -> str:
 
     ``raw`` may be relative to the root (as git prints paths) or absolute inside it (either
     spelling of a symlinked root). Raises :class:`FileIssue` (status ``error``) when the path
-    leaves the root, when it is empty or holds a NUL, and when it names the root itself.
+    leaves the root, when it is empty or holds a NUL, when it names the root itself, and when
+    it is not UTF-8 (ids, messages and the state are UTF-8 text).
     Symlinks are not followed here: :func:`open_inside` checks where a path really leads when
     the file is read.
     """
@@ -41,7 +42,17 @@ def relative_path(root: Path, raw: str) -> str:
             raise FileIssue(f"outside the repository root {root_abs}")
     if rel in ("", "."):
         raise FileIssue("names the repository root, not a file")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, carried as surrogates (surrogateescape)
+        raise FileIssue("file name is not UTF-8: codeindex indexes files with UTF-8 names only") from None
     return PurePosixPath(*Path(rel).parts).as_posix()
+
+
+def printable(path: str) -> str:
+    """``path`` as text that can be printed and stored: bytes that are not UTF-8 (surrogates
+    from ``surrogateescape``) written as ``\\xNN`` escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _inside(path: Path, root: Path) -> str | None:

@@ -15,6 +15,7 @@ What the steps talk to comes from the caller as a :class:`SyncEnvironment`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +38,7 @@ from indexing.languages import language_of
 from indexing.messages import (
     Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
-from indexing.paths import is_linked, relative_path
+from indexing.paths import is_linked, printable, relative_path
 from indexing.scanner import FileFilter, decode, read_file, walk
 from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, RunStatus, StateStore, utcnow
 from indexing.store import VectorObject, VectorStore
@@ -188,7 +189,9 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") 
     if existing is not None and existing.status is RunStatus.REISSUED:
         return PreparedSync(None, superseded=existing.message)
     run = RunRecord(id=request.run_id, repo_id=request.repo_id, trigger=request.trigger, started_at=started,
-                    shard_id=env.shard_id, owner=process_owner(), task_id=task_id, request=request.model_dump_json())
+                    shard_id=env.shard_id, owner=process_owner(), task_id=task_id,
+                    # json.dumps escapes the surrogates a non-UTF-8 path carries; pydantic's JSON refuses them
+                    request=json.dumps(request.model_dump(mode="json")))
     state.start_run(run)
     try:
         with env.repo_lock(request.repo_id):
@@ -366,7 +369,7 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
         try:
             wanted[relative_path(root, change.path)] = change.kind
         except FileIssue as issue:
-            wanted[f"\0{n}"] = PlannedFile(path=change.path, action=Action.ERROR, reason=issue.reason)
+            wanted[f"\0{n}"] = PlannedFile(path=printable(change.path), action=Action.ERROR, reason=issue.reason)
     scanned = request.source == "all" or (request.source == "detect" and bool(note))  # a full scan already
     history_gone = scanned and request.source == "detect" and bool(repo and repo.last_commit)
     delete_missing = request.delete_missing or history_gone

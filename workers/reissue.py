@@ -13,6 +13,7 @@ its commit is refused by the fencing token.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def reissue_runs(rt: Runtime, app: Celery, shard_id: str) -> list[Reissue]:
     for run in runs.values():
         if not run.request or not run.task_id:  # a run recorded before runs kept their request
             continue
-        request = SyncRequest.model_validate_json(run.request)
+        request = SyncRequest.model_validate(json.loads(run.request))
         again = request.model_copy(update={"run_id": str(uuid.uuid4()), "hops": 0, "trigger": "reissue"})
         owner = rt.place(request.repo_id).shard_id
         run.status, run.finished_at = RunStatus.REISSUED, utcnow()

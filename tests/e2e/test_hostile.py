@@ -252,6 +252,20 @@ def _file_replaced_by_binary(repo: Path, tmp: Path) -> dict:
     return {"args": ("sync", "--stdin"), "stdin": victim + "\n", "expect_out": f"[DELETE] {victim}: binary file"}
 
 
+def _undecodable_and_latin1(repo: Path, tmp: Path) -> dict:
+    (repo / "control_noise.py").write_bytes(bytes(range(1, 32)) * 40 + b"\xff\xfe")  # neither UTF-8 nor text
+    (repo / "latin1.py").write_bytes("# caf\xe9 cr\xe8me\ndef au_lait():\n    return 1\n".encode("latin-1"))
+    return {"args": ("sync", "--all"), "expect_out": "[ERROR]  control_noise.py: undecodable"}
+
+
+def _non_utf8_file_name(repo: Path, tmp: Path) -> dict:
+    name = b"caf\xe9_latin1_name.py"  # a file name that is not UTF-8
+    with open(os.path.join(os.fsencode(repo), name), "wb") as fh:
+        fh.write(b"def odd_name():\n    return 2\n")
+    return {"args": ("sync", "--stdin", "-0"), "stdin": name + b"\0" + b"celery_app/__init__.py\0",
+            "expect_out": "[ERROR]  caf\\xe9_latin1_name.py: file name is not UTF-8"}
+
+
 def _linked_target_moved(repo: Path, tmp: Path) -> dict:
     target = tracked(repo)[5]
     os.symlink(target, repo / "alias.py")  # relative to the root, where the link lies
@@ -291,6 +305,8 @@ CASES = {
     "history rewritten and collected": Case(_rewritten_and_collected_history, 0),
     "a .gitignore edit": Case(_ignore_rules_edited, 0),
     "an indexed file turned binary": Case(_file_replaced_by_binary, 0),
+    "undecodable and Latin-1 content": Case(_undecodable_and_latin1, 1),
+    "a file name that is not UTF-8": Case(_non_utf8_file_name, 1),
     "an indexed symlink's target moved": Case(_linked_target_moved, 0),
     "the exclude setting changed": Case(_filter_settings_changed, 0, env={"CODEINDEX_EXCLUDE": "kombu/**"}),
     "two syncs at once": Case(_two_syncs_at_once, 0),

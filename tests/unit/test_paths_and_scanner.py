@@ -471,3 +471,14 @@ def test_gitignore_agrees_with_git_check_ignore(tmp_path: Path):
     f = FileFilter(root)
     ours = {rel for rel in files if f.reason_to_skip(rel) == "ignored by .gitignore"}
     assert ours == git_ignored
+
+
+def test_relative_path_refuses_a_name_that_is_not_utf8(repo: Path):
+    """Bytes that are not UTF-8 reach us as surrogates (surrogateescape); ids, messages and the
+    state are UTF-8 text, so such a path is refused, and shown with its bytes escaped."""
+    from indexing.paths import printable
+
+    raw = b"caf\xe9.py".decode("utf-8", "surrogateescape")
+    with pytest.raises(FileIssue, match="not UTF-8"):
+        relative_path(repo, raw)
+    assert printable(raw) == "caf\\xe9.py" and printable("plain/é.py") == "plain/é.py"
