@@ -131,7 +131,6 @@ def repo_add(
 @repo_app.command("list")
 def repo_list(json_out: JsonOut = False) -> None:
     """List the repositories with their shard, files, chunks and last indexed commit."""
-
     _, settings = setup(None, None)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
@@ -180,7 +179,6 @@ def shards(ctx: typer.Context, json_out: JsonOut = False) -> None:
 def shards_drain(shard_id: Annotated[str, typer.Argument(help="The shard to drain.")], json_out: JsonOut = False) -> None:
     """Drain a shard: no new assignments; its repositories and queued messages move to their
     next owners. The worker keeps running what it has (stop it with SIGTERM)."""
-
     fleet_settings("codeindex shards drain")
     from workers.handover import hand_over  # lazy: after setup, which checks the settings first
     from workers.registry import ShardStatus  # lazy: after setup, which checks the settings first
@@ -200,7 +198,6 @@ def shards_drain(shard_id: Annotated[str, typer.Argument(help="The shard to drai
 @shards_app.command("activate")
 def shards_activate(shard_id: Annotated[str, typer.Argument(help="The shard to take new assignments again.")]) -> None:
     """Undo a drain: the shard takes new assignments again (rebalancing brings its share back)."""
-
     fleet_settings("codeindex shards activate")
     from workers.registry import ShardStatus  # lazy: after setup, which checks the settings first
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
@@ -235,7 +232,6 @@ def failures_replay(
     """Re-enqueue the task of a failure record. A failed embedding batch is replayed as a sync
     of its files (a lone batch would upsert without committing); other tasks are sent again
     with their recorded arguments, to their current owner's queue."""
-
     setup(None, None)
     from workers.app import app  # lazy: after setup, which checks the settings first
     from workers.deadletter import replay  # lazy: after setup, which checks the settings first
@@ -257,7 +253,6 @@ def metrics(port: Annotated[int, typer.Option("--port", help="Port of /metrics."
             addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "0.0.0.0") -> None:
     """Serve the fleet's Prometheus metrics (shard load, capacity, heartbeat lag, rebalance
     count, queue depth per queue) until interrupted."""
-
     fleet_settings("codeindex metrics")
     from workers import metrics as metrics_mod  # lazy: after setup, which checks the settings first
 

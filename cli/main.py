@@ -234,7 +234,6 @@ def search(
 
     The query is embedded with the model the collection was built with.
     """
-
     _, settings = setup(root, collection)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
@@ -255,7 +254,6 @@ def search(
 @app.command()
 def status(json_out: JsonOut = False, root: RootOpt = None, collection: CollectionOpt = None) -> None:
     """Show the indexed repositories: files, chunks, last indexed commit, model."""
-
     _, settings = setup(root, collection)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
@@ -291,7 +289,6 @@ def export(
     collection: CollectionOpt = None,
 ) -> None:
     """Stream every object of the index as JSON lines, sorted by id."""
-
     _, settings = setup(root, collection)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
@@ -305,7 +302,6 @@ def export(
 def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: JsonOut = False,
          root: RootOpt = None) -> None:
     """List the latest sync runs with their counts and status."""
-
     setup(root, None)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
