@@ -9,8 +9,10 @@ later, change nothing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +99,8 @@ def test_a_worker_killed_holding_part_of_a_sync_does_not_wait_for_the_visibility
         write_lock.release()
     out, err = cli.communicate(timeout=FAILOVER_S + 120)
     took = time.monotonic() - killed_at
+    if os.environ.get("CODEINDEX_TEST_TIMINGS"):
+        sys.stderr.write(f"[failover, worker holding the {held}] the CLI returned {took:.1f}s after the kill\n")
     assert cli.returncode == 0, err
     summary = json.loads(out)
     assert summary["errors"] == 0 and summary["status"] == "succeeded"
