@@ -83,6 +83,13 @@ class DependencyUnavailableError(StoreError):
     """
 
 
+class ObjectNotFoundError(StoreError):
+    """The object store holds no object under that key (it was never written, or was deleted).
+
+    A :class:`StoreError`; callers that expect a miss (a cache lookup) catch this class alone.
+    """
+
+
 class BrokerUnavailableError(CodeindexError):
     """Redis (the broker and lock server) could not be reached; nothing was changed."""
 
