@@ -20,6 +20,7 @@ import typer
 
 from pydantic import ValidationError
 
+from config.celery import celery_config
 from config.settings import Settings, configure
 from indexing.errors import SyncInterrupted, UsageError
 
@@ -66,11 +67,17 @@ def git_toplevel(start: Path) -> Path | None:
 
 def read_settings(**overrides: object) -> Settings:
     """The settings from the environment plus ``overrides``. Raises :class:`UsageError` naming
-    each bad ``CODEINDEX_*`` value in one line (pydantic's validation error)."""
+    each bad ``CODEINDEX_*`` value in one line (pydantic's validation error), or limits that
+    contradict each other (:func:`config.celery.celery_config`'s check, which importing the
+    Celery app would otherwise raise as a bare ValueError)."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        celery_config(settings)
     except ValidationError as exc:
         raise UsageError(describe_invalid(exc)) from None
+    except ValueError as exc:
+        raise UsageError(f"invalid setting: {exc}") from None
+    return settings
 
 
 def describe_invalid(exc: ValidationError) -> str:
@@ -106,7 +113,7 @@ def setup(root: Path | None, collection: str | None, verbose: bool = False, repo
             record = lookup.readonly_state().get_repo(repo)
         finally:
             lookup.close()
-        registered = Path(record.root) if record else None
+        registered = Path(record.root) if record and record.root else None
     repo_root = root or registered or git_toplevel(Path.cwd()) or Path.cwd()
     if not repo_root.is_dir():
         raise UsageError(f"repository root {repo_root} is not a directory")

@@ -295,6 +295,13 @@ CASES = {
                                          r"invalid setting CODEINDEX_COLLECTION='bad name'"),
     "unknown embedder (search)": Case(_invalid("CODEINDEX_EMBEDDER", "nope", ("search", "x")), 2,
                                       r"invalid setting CODEINDEX_EMBEDDER='nope'"),
+    "time limits the visibility timeout does not cover (worker)": Case(
+        lambda repo, tmp: {"args": ("worker", "--shard-id", "w1"), "env": {
+            "CODEINDEX_BROKER_URL": "redis://127.0.0.1:1/0", "CODEINDEX_STATE_URL": "postgresql://127.0.0.1:1/none",
+            "CODEINDEX_HOME": str(tmp / "worker-home"),
+            "CODEINDEX_VISIBILITY_TIMEOUT": "12", "CODEINDEX_TASK_TIME_LIMIT": "120",
+            "CODEINDEX_TASK_SOFT_TIME_LIMIT": "110"}}, 2,
+        r"invalid setting: visibility_timeout \(12s\) must exceed the hard time limit \(120s\)"),
     "delete threshold above 1 (sync)": Case(_invalid("CODEINDEX_DELETE_THRESHOLD", "7", ("sync", "--all")), 2,
                                             r"CODEINDEX_DELETE_THRESHOLD='7'"),
     "read-only index directory": Case(_read_only_index, 4, r"(readonly|read-only|Permission denied)"),
