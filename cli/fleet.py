@@ -1,8 +1,11 @@
 """The fleet's commands: ``worker``, ``beat``, ``repo``, ``shards``, ``failures``, ``metrics``.
 
 A fleet is the same code with Redis as broker (CODEINDEX_BROKER_URL=redis://...), a Redis
-result backend, PostgreSQL for state and registry (CODEINDEX_STATE_URL=postgresql://...) and
-a shared index home (CODEINDEX_HOME). docs/operations.md walks through running one.
+result backend, PostgreSQL for state and registry (CODEINDEX_STATE_URL=postgresql://...), and
+either an index home its workers share (CODEINDEX_HOME: the vectors, repositories by path) or
+nothing shared but S3 (CODEINDEX_STORE_URI=s3://..., CODEINDEX_OBJECT_STORE_URI=s3://...,
+repositories by URL, each worker its own CODEINDEX_HOME and CODEINDEX_DATA_DIR).
+docs/operations.md walks through running both.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def worker(
                                                ("shard_address", address)) if value is not None}
     home = require_fleet(read_settings(**options), "codeindex worker").home
     if home is None:
-        raise UsageError("set CODEINDEX_HOME to the directory the workers share (vectors, embedding cache)")
+        raise UsageError("set CODEINDEX_HOME to the worker's index home: the vectors when CODEINDEX_STORE_URI is "
+                         "not set (a directory every worker shares), its metrics")
     if metrics_port is not None:
         # prometheus-client's multiprocess mode is configured by this variable alone, read when
         # the client is imported, in this process and in the pool's children that inherit it:
@@ -95,25 +99,58 @@ def beat(loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Lo
 
 @repo_app.command("add")
 def repo_add(
-    path: Annotated[Path, typer.Argument(help="The repository's work tree (a git repository).", exists=True,
-                                         file_okay=False, resolve_path=True)],
-    repo_id: Annotated[Optional[str], typer.Option("--id", help="Repository id (default: the directory's name).")] = None,
+    source: Annotated[str, typer.Argument(
+        help="The repository: a git URL (https://, ssh://, file://), which the owner shard clones into its own "
+             "data directory, or the path of a work tree every worker reads.", metavar="URL|PATH")],
+    name: Annotated[Optional[str], typer.Option("--name", "--id", help="Repository id (default: the URL's or "
+                                                "directory's last name, without .git).")] = None,
+    branch: Annotated[Optional[str], typer.Option("--branch", help="The branch a URL repository follows "
+                                                  "(default: the remote's default branch, its HEAD).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the run id instead of waiting for the summary.")] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """Add a repository: the ring assigns it to a shard (in a fleet), which indexes it in full."""
+    """Add a repository: the ring assigns it to a shard (in a fleet), which indexes it in full.
+
+    A URL repository is recorded with its URL and branch (never credentials: give a token as
+    CODEINDEX_GIT_TOKEN_FILE, an SSH key as CODEINDEX_GIT_SSH_KEY); `codeindex sync --repo NAME`
+    then fetches and indexes what changed since the last indexed commit.
+    """
     from cli.output import render_summary  # lazy: see cli.common
     from config.celery import shard_queue  # lazy: likewise
     from indexing.messages import SyncRequest, SyncSummary  # lazy: likewise
 
-    root, settings = setup(path, None)
+    is_url = "://" in source
+    if is_url:
+        from indexing.git_source import checked_source, repo_name_of  # lazy: likewise
+
+        url, branch = checked_source(source, branch)
+        root, settings = setup(None, None)
+        if branch is None:
+            from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+
+            branch = runtime().mirror(name or repo_name_of(url), url, "HEAD").default_branch()
+        rid, where = name or repo_name_of(url), f"{url} {branch}"
+    else:
+        path = Path(source).resolve()
+        if not path.is_dir():
+            raise UsageError(f"repository {source!r} is neither a git URL nor a directory")
+        url = None
+        root, settings = setup(path, None)
+        rid, where = name or root.name, str(root)
     from tasks.sync import plan  # lazy: after setup, which checks the settings first
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
-    rid = repo_id or root.name
-    shard = runtime().place(rid).shard_id
-    request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root=str(root), collection=settings.collection,
-                          source="all", trigger="repo-add")
+    rt = runtime()
+    if url is not None:
+        known = rt.readonly_state().get_repo(rid)
+        if known is not None and not known.url:
+            raise UsageError(f"repository {rid!r} is already in the index, added by path ({known.root}); "
+                             "choose another --name")
+        rt.state.set_source(rid, settings.collection, url, branch)
+    shard = rt.place(rid).shard_id
+    request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root="" if url else str(root), url=url,
+                          branch=branch if url else None, collection=settings.collection, source="all",
+                          trigger="repo-add")
     result = plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(shard))
     if no_wait:
         doc = {"repo_id": rid, "shard_id": shard, "run_id": request.run_id, "task_id": result.id}
@@ -122,27 +159,51 @@ def repo_add(
         summary = SyncSummary.model_validate(result.get(disable_sync_subtasks=False))
     if json_out:
         return print_json({"repo_id": rid, "shard_id": shard, **summary.model_dump(mode="json")})
-    sys.stdout.write(f"Repository {rid} ({root}) on shard {shard}\n")
+    sys.stdout.write(f"Repository {rid} ({where}) on shard {shard}\n")
     render_summary(summary, sys.stdout, False, summary.seconds)
     if summary.errors:
         raise typer.Exit(1)
 
 
+def _age(iso: str | None) -> float | None:
+    """Seconds since the ISO-8601 time ``iso``; None for None."""
+    from datetime import datetime, timezone  # lazy: only here
+
+    if not iso:
+        return None
+    moment = datetime.fromisoformat(iso)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return round((datetime.now(timezone.utc) - moment).total_seconds(), 1)
+
+
+def _brief_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
 @repo_app.command("list")
 def repo_list(json_out: JsonOut = False) -> None:
-    """List the repositories with their shard, files, chunks and last indexed commit."""
+    """List the repositories: source (URL and branch, or root), owner shard, files, chunks, last
+    indexed commit and freshness (how long ago the last sync committed)."""
     _, settings = setup(None, None)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
     rt = runtime()
     owners = rt.registry.assignments() if settings.state_url else {}
-    rows = [{**asdict(r), "shard_id": owners.get(r.repo_id, None if settings.state_url else settings.shard_id)}
+    rows = [{**asdict(r), "shard_id": owners.get(r.repo_id, None if settings.state_url else settings.shard_id),
+             "age_seconds": _age(r.indexed_at)}
             for r in rt.readonly_state().repo_stats()]
     if json_out:
         return print_json(rows)
     for r in rows:
+        where = f"{r['url']} {r['branch']}" if r["url"] else r["root"]
         sys.stdout.write(f"{r['repo_id']}  shard={r['shard_id'] or '-'}  files={r['files']}  chunks={r['chunks']}  "
-                         f"commit={(r['last_commit'] or '-')[:12]}  {r['root']}\n")
+                         f"commit={(r['last_commit'] or '-')[:12]}  indexed={_brief_age(r['age_seconds'])}  "
+                         f"{where}\n")
 
 
 @shards_app.callback()

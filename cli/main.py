@@ -96,6 +96,28 @@ def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, 
     return [request(root, name, "paths", parsed)]
 
 
+def _url_request(record, collection: str, *, stdin: bool, null: bool, json_in: bool, changes: Path | None,
+                 scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
+    """The sync request of a repository added by URL: ``--all`` a full index at the branch head;
+    ``--stdin``/``--changes`` the paths listed, read at the head; otherwise (the default, and
+    ``--detect-changes``) what changed from the last indexed commit to the fetched head."""
+    from indexing.changes import parse_lines, parse_nul  # lazy: see cli.common
+    from indexing.messages import SyncRequest  # lazy: likewise
+
+    if json_in:
+        raise UsageError("a JSON change list names work trees; sync a URL repository with --all, "
+                         "--detect-changes (the default) or --stdin")
+    common = dict(run_id=str(uuid.uuid4()), repo_id=record.repo_id, root="", url=record.url, branch=record.branch,
+                  collection=collection, delete_missing=delete_missing, dry_run=dry_run, force=force)
+    if scan_all:
+        return SyncRequest(source="all", **common)
+    if stdin or changes is not None:
+        text = _read_input(changes)
+        parsed = parse_nul(text) if null else parse_lines(text.split("\n"))
+        return SyncRequest(source="paths", changes=[(c.path, c.kind.value) for c in parsed], **common)
+    return SyncRequest(source="detect", **common)
+
+
 def _send(request):
     """Place the request's repository (the explicit placement before a send: routing never
     places; a dry run only asks where it would go), then send its plan task to the owner's
@@ -172,7 +194,7 @@ def sync(
     force: Annotated[bool, typer.Option("--force", help="Allow a sync that deletes more than the guard's share (20%) of a repository.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged files, and chunk reuse.")] = False,
     output: Annotated[Optional[OutputFormat], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
-    repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name). In a fleet, a registered repository is found at its registered root.")] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name). In a fleet, a registered repository is found at its registered root; a repository added by URL is fetched by its owner, and synced from its last indexed commit to the branch head unless --all or --stdin says otherwise.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Enqueue and print the run id instead of waiting for the summary (a fleet).")] = False,
     root: RootOpt = None,
     collection: CollectionOpt = None,
@@ -191,10 +213,16 @@ def sync(
     repo_root, settings = setup(root, collection, verbose, repo)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
-    requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
-                         changes=changes, detect=detect_changes, scan_all=scan_all,
-                         delete_missing=delete_missing, dry_run=dry_run, force=force,
-                         allowed=settings.allowed_roots)
+    record = runtime().readonly_state().get_repo(repo) if repo and root is None else None
+    if record is not None and record.url:
+        requests = [_url_request(record, settings.collection, stdin=stdin, null=null, json_in=json_mode,
+                                 changes=changes, scan_all=scan_all, delete_missing=delete_missing,
+                                 dry_run=dry_run, force=force)]
+    else:
+        requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
+                             changes=changes, detect=detect_changes, scan_all=scan_all,
+                             delete_missing=delete_missing, dry_run=dry_run, force=force,
+                             allowed=settings.allowed_roots)
     if settings.eager and not dry_run:
         abandon_dead_runs(runtime().state)  # an earlier sync killed or interrupted here
     if no_wait:
@@ -212,7 +240,7 @@ def sync(
         summaries.append(summary)
         if fmt is OutputFormat.TEXT:
             if len(requests) > 1:
-                sys.stdout.write(f"\nRepository {request.repo_id} ({request.root})\n")
+                sys.stdout.write(f"\nRepository {request.repo_id} ({request.url or request.root})\n")
             render_summary(summary, sys.stdout, verbose, wall)
     if fmt is OutputFormat.JSON:
         docs = [s.model_dump(mode="json") for s in summaries]
@@ -334,7 +362,7 @@ def verify(
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
     rt = runtime()
-    repos = {r.repo_id: r.root for r in rt.readonly_state().repo_stats()
+    repos = {r.repo_id: r for r in rt.readonly_state().repo_stats()
              if r.collection == settings.collection and (repo is None or r.repo_id == repo)}
     if repo is not None and repo not in repos:
         raise UsageError(f"repository {repo!r} is not in collection {settings.collection!r}")
@@ -347,7 +375,7 @@ def verify(
         for check in report.repos:
             if check.orphan_ids:
                 with rt.repo_lock(check.repo_id):
-                    fence = rt.state.grant_fence(check.repo_id, repos[check.repo_id], settings.collection)
+                    fence = rt.state.grant_fence(check.repo_id, repos[check.repo_id].root, settings.collection)
                     store.delete(check.orphan_ids, fence)
         for request in repair_requests(report, repos):
             with interruptible():

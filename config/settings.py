@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderKind = Literal["minilm", "hashing"]
+ContentStrategy = Literal["auto", "inline", "object_storage", "git_reference", "path"]
 
 
 def _split_globs(value: object) -> object:
@@ -120,6 +121,35 @@ class Settings(BaseSettings):
     run_retention_days: float = Field(default=30.0, gt=0, description="Finished sync runs older than this are deleted.")
     route_cache_seconds: float = Field(default=5.0, ge=0, description="How long a publisher caches a repository's owner.")
 
+    # A fleet that shares no disk: S3 (any S3-compatible endpoint), the owners' clones, and how
+    # file content reaches the embedding workers (seed 004's content strategies).
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto); "
+                                        "default: AWS's, from the region.")
+    s3_region: str | None = Field(default=None, description="S3 region; default: the AWS chain's.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key; default: the AWS chain's.")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key (never logged).")
+    object_store_uri: str | None = Field(
+        default=None, description="Object storage: s3://bucket/prefix, or a directory. Default: <home>/objects.")
+    data_dir: Path | None = Field(
+        default=None, description="Where an owner keeps its repositories' clones. Default: /data/repos in a fleet "
+        "(seed 002's volume per pod), <home>/repos in the embedded mode.")
+    content_strategy: ContentStrategy = Field(
+        default="auto", description="How file content reaches the embedding workers: inline (in the message), "
+        "object_storage (S3, presigned), git_reference (the reader's own clone), auto (inline when small, else "
+        "object storage when configured, else git reference); the one named is tried first, then auto's order. "
+        "path: schema v1 batches naming work-tree paths (a fleet whose workers share the repositories' disk).")
+    inline_max_file_bytes: int = Field(default=100 * 1024, ge=1, description="Largest file sent inline (bytes).")
+    inline_max_batch_bytes: int = Field(default=5 * 1024 * 1024, ge=1, description="Inline content per batch message.")
+    presign_expiry: int = Field(default=86_400, ge=60, description="Seconds a presigned object URL is valid (24 h).")
+    download_timeout: float = Field(default=60.0, gt=0, description="Seconds for one object download.")
+    download_cache_bytes: int = Field(default=10 * 1024**3, ge=0, description="Downloaded objects kept (LRU).")
+    clone_cache_bytes: int = Field(default=50 * 1024**3, ge=0, description="Readers' clones kept (LRU).")
+    clone_timeout: float = Field(default=300.0, gt=0, description="Seconds for one clone or fetch.")
+    git_token_file: Path | None = Field(default=None, description="File holding an HTTPS token for git (a secret).")
+    git_token: SecretStr | None = Field(default=None, description="An HTTPS token for git (never logged); "
+                                        "CODEINDEX_GIT_TOKEN_FILE is safer: an environment is easier to leak.")
+    git_ssh_key: Path | None = Field(default=None, description="SSH private key for git URLs.")
+
     _split_include = field_validator("include", "exclude", "allowed_roots", mode="before")(_split_globs)
 
     @property
@@ -135,6 +165,11 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return None
+
+    @property
+    def in_fleet(self) -> bool:
+        """True for a fleet: a real broker and PostgreSQL state."""
+        return bool(self.state_url) and not self.eager
 
     def home_for(self, repo_root: Path) -> Path:
         """The index directory: ``home`` when set, else ``<repo_root>/.codeindex``."""

@@ -344,14 +344,26 @@ class GitMirror:
         except subprocess.TimeoutExpired:
             raise StoreError(f"git {args[0]} in {self.path} did not answer in {GIT_TIMEOUT_SECONDS} s") from None
 
-    def _git(self, *args: str, what: str) -> None:
-        """Run a git command that talks to the remote; map its failure to our errors."""
+    def default_branch(self) -> str:
+        """The branch the remote's ``HEAD`` names (``git ls-remote --symref``): what a clone
+        without ``--branch`` would check out. Errors as :meth:`ensure`; a remote without a
+        ``HEAD`` (an empty repository) is a :class:`RepositoryError`."""
+        out = self._retrying("ls-remote", lambda: self._git("ls-remote", "--symref", "--", self.url, "HEAD",
+                                                            what="ls-remote"))
+        for line in out.decode("utf-8", "replace").splitlines():
+            ref, _, name = line.partition("\t")
+            if name == "HEAD" and ref.startswith("ref: refs/heads/"):
+                return _checked_branch(ref.removeprefix("ref: refs/heads/"))
+        raise RepositoryError(f"{self.url} names no default branch (an empty repository?); pass --branch")
+
+    def _git(self, *args: str, what: str) -> bytes:
+        """Run a git command that talks to the remote; its output. Maps a failure to our errors."""
         try:
             done = _run(["git", *args], env=_git_env(self.credentials, self.url), timeout_s=self.timeout_s)
         except subprocess.TimeoutExpired:
             raise StoreError(f"git {what} of {self.url} timed out after {self.timeout_s:g} s and was killed") from None
         if done.returncode == 0:
-            return
+            return done.stdout
         stderr = done.stderr.decode("utf-8", "replace")
         detail = _stderr_detail(done.stderr, self.credentials)
         if _ACCESS.search(stderr):
@@ -379,6 +391,30 @@ class GitMirror:
             log.warning("git %s failed, retrying url=%s attempt=%d error=%s", what, self.url, state.attempt_number,
                         redact(str(state.outcome.exception()), self.credentials))
         return before_sleep
+
+
+def checked_source(url: str, branch: str | None) -> tuple[str, str | None]:
+    """``url`` and ``branch`` as the state keeps a repository added by URL: the URL checked (a
+    scheme of :data:`SCHEMES`) and without credentials, the branch (None: not chosen) a valid
+    branch name.
+
+    Raises :class:`RepositoryError` for a URL that holds credentials (they would be stored, and
+    shown in task arguments: give a token as ``CODEINDEX_GIT_TOKEN_FILE`` or an SSH key as
+    ``CODEINDEX_GIT_SSH_KEY`` instead), an unsupported URL, an invalid branch name. The
+    message never holds the secret.
+    """
+    clean, credentials = _clean_url(url)
+    if credentials is not None:
+        raise RepositoryError(f"the URL {redact(url)!r} holds credentials; give the token in a file "
+                              "(CODEINDEX_GIT_TOKEN_FILE) instead, so that it is never stored or shown")
+    return clean, None if branch is None else _checked_branch(branch)
+
+
+def repo_name_of(url: str) -> str:
+    """The repository id a URL suggests: its last path segment without ``.git``
+    (``https://github.com/pallets/flask.git`` -> ``flask``); ``repo`` when it has none."""
+    tail = urlsplit(url).path.rstrip("/").rpartition("/")[2]
+    return tail[:-4] if tail.endswith(".git") and len(tail) > 4 else (tail or "repo")
 
 
 def _clean_url(url: str) -> tuple[str, GitCredentials | None]:
@@ -537,7 +573,7 @@ class GitTree:
         """True when ``rel`` names something of the tree, as ``os.path.lexists`` on a checkout
         would: a directory, a file, a submodule, a symlink (dangling too); symlinks above it followed."""
         try:
-            parent, _, name = self._lexical(rel).rpartition("/")
+            parent, _, name = self.lexical(rel).rpartition("/")
             where = self._resolve(parent) if parent else ""
         except FileIssue:
             return False
@@ -549,7 +585,7 @@ class GitTree:
         ``indexing.paths.is_linked`` says of a checkout: its content changes with the link's
         target, without the path being named in a diff."""
         try:
-            parts = self._lexical(rel).split("/")
+            parts = self.lexical(rel).split("/")
         except FileIssue:
             return False
         listing = self._listing()
@@ -558,6 +594,14 @@ class GitTree:
             if entry is not None and entry.kind is EntryKind.SYMLINK:
                 return True
         return False
+
+    def has_commit(self, sha: str) -> bool:
+        """True when ``sha`` (any name of a commit) is a commit of the repository."""
+        try:
+            self._resolve_commit(sha)
+        except (RepositoryError, StoreError):
+            return False
+        return True
 
     def changes_since(self, old_commit: str) -> list[Change]:
         """The changes from ``old_commit`` to this tree's commit: ``git diff-tree -r -z -M
@@ -612,8 +656,9 @@ class GitTree:
         return entry
 
     @staticmethod
-    def _lexical(rel: str) -> str:
-        """``rel`` normalised lexically, as :func:`indexing.paths.relative_path` does."""
+    def lexical(rel: str) -> str:
+        """``rel`` normalised lexically, as :func:`indexing.paths.relative_path` does; FileIssue
+        for an empty path, a NUL, a path that climbs out of the tree or names its root."""
         if not rel or "\0" in rel:
             raise FileIssue("empty or invalid path")
         norm = posixpath.normpath(rel)
@@ -633,7 +678,7 @@ class GitTree:
         file is used as a directory.
         """
         listing = self._listing()
-        pending = list(reversed(self._lexical(rel).split("/")))
+        pending = list(reversed(self.lexical(rel).split("/")))
         resolved: list[str] = []
         hops, link = 0, ""
         while pending:

@@ -1,26 +1,28 @@
-"""The LanceDB vector store: the embedded default (a directory on disk) and the shared-path
-store of a fleet. Upserts are ``merge_insert`` on the id, conditioned on the fencing token.
+"""The LanceDB vector store: the embedded default (a directory on disk), and a fleet's store on
+a shared path or in object storage (``s3://bucket/prefix``). Upserts are ``merge_insert`` on
+the id, conditioned on the fencing token.
 
 Concurrent writers: Lance commits optimistically and does not detect two concurrent
 ``merge_insert`` calls that plan the same key (lance-format/lance#4585, #8949; lancedb#2463:
 "serialize concurrent writes at the application layer"); both commit and the key is stored
-twice (tests/fleet/test_faults.py saw 943 rows for 885 ids). So every write to a table on a
-local (shared) path holds an exclusive file lock (filelock, ``flock``) on
-``<uri>/.<collection>.write.lock`` and works on the latest version; reads take no lock and
-always see the latest version (``read_consistency_interval=0``).
+twice (tests/fleet/test_faults.py saw 943 rows for 885 ids). So every write to a table holds
+an exclusive write lock and works on the latest version: a file lock (filelock, ``flock``) on
+``<uri>/.<collection>.write.lock`` for a local path, or the lock the caller gives for a store
+that several machines write (the fleet's Redis lock per table); reads take no lock and always
+see the latest version (``read_consistency_interval=0``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import filelock
 import numpy as np
 
-from indexing.errors import StoreError
+from indexing.errors import LockTimeoutError, StoreError
 from indexing.store import EXPORT_FIELDS, SearchHit, StoredChunk, VectorObject
 
 _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
@@ -44,11 +46,19 @@ def _quote(value: str) -> str:
 class LanceDBStore:
     """A LanceDB table named after the collection, under ``uri`` (a directory or ``s3://``).
 
+    ``storage_options`` go to ``lancedb.connect`` for an object store (LanceDB's names:
+    ``aws_endpoint``, ``aws_region``, ``aws_access_key_id``, ``aws_secret_access_key``,
+    ``allow_http``); ``write_lock`` makes the context manager every write holds, for writers on
+    several machines.
+
     Raises :class:`StoreError` when LanceDB fails, with the table and operation named.
     """
 
-    def __init__(self, uri: str | Path, collection: str) -> None:
+    def __init__(self, uri: str | Path, collection: str, *, storage_options: dict[str, str] | None = None,
+                 write_lock: Callable[[], AbstractContextManager] | None = None) -> None:
         self.uri, self.collection = str(uri), collection
+        self._storage_options = dict(storage_options or {})
+        self._write_lock = write_lock
         self._conn = None
         self._table = None
 
@@ -60,16 +70,23 @@ class LanceDBStore:
 
             try:
                 # Always read the latest version: other processes write the same table.
-                self._conn = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+                self._conn = lancedb.connect(self.uri, read_consistency_interval=timedelta(0),
+                                             storage_options=self._storage_options or None)
             except Exception as exc:  # lancedb raises plain exceptions of several kinds
                 raise StoreError(f"cannot open the LanceDB store at {self.uri}: {exc}") from exc
         return self._conn
 
     @contextmanager
     def _writing(self):
-        """Hold the table's write lock (local paths; a no-op for object-store URIs, whose
-        writers the server store of a later issue coordinates) and yield the latest table."""
+        """Hold the table's write lock and yield the latest table: the caller's lock when one
+        was given, else a file lock beside a local table; a remote table without a given lock
+        has one writer only (the embedded mode)."""
         table = self._require()
+        if self._write_lock is not None:
+            with self._write_lock():
+                table.checkout_latest()
+                yield table
+            return
         if "://" in self.uri and not self.uri.startswith("file://"):
             yield table
             return
@@ -113,10 +130,27 @@ class LanceDBStore:
                 raise StoreError(f"cannot open table {self.collection} in {self.uri}: {exc}") from exc
         return self._table
 
+    def _forget_if_gone(self, exc: Exception) -> bool:
+        """True (and the table handle forgotten) when the table is gone: ``exc`` says something
+        was not found and the table cannot be opened again (another instance dropped it, as
+        ``verify --repair`` does, since this one opened it). A table that opens again but lost
+        a data file (``Not found: .../data/x.lance``) is damage, not absence: False."""
+        if "not found" not in str(exc).lower():
+            return False
+        self._table = None
+        return self._open() is None
+
     def ensure_collection(self, dimension: int) -> None:
-        """Create the table if missing (concurrent creators: the loser opens the winner's)."""
-        if self._open() is not None:
-            return
+        """Create the table if missing (concurrent creators: the loser opens the winner's), also
+        when another instance dropped it since this one opened it."""
+        table = self._open()
+        if table is not None:
+            try:
+                table.checkout_latest()
+                return
+            except Exception as exc:  # lancedb raises plain exceptions
+                if not self._forget_if_gone(exc):
+                    raise StoreError(f"cannot read table {self.collection} in {self.uri}: {exc}") from exc
         try:
             self._table = self._db.create_table(self.collection, schema=self._schema(dimension), exist_ok=True)
         except Exception as exc:
@@ -128,6 +162,13 @@ class LanceDBStore:
         import pyarrow as pa  # lazy: see _schema
 
         dimension = int(np.asarray(objects[0].vector).shape[0])
+        # One row per id, the newest fence's (the last of equal ones): merge_insert refuses a
+        # source that matches a stored row twice, and would insert a new id twice.
+        newest: dict[str, VectorObject] = {}
+        for obj in objects:
+            if obj.id not in newest or obj.fence >= newest[obj.id].fence:
+                newest[obj.id] = obj
+        objects = list(newest.values())
         columns = {name: [getattr(o, name) for o in objects] for name in _PROPERTIES}
         matrix = np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects])
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension)
@@ -140,9 +181,10 @@ class LanceDBStore:
                     .when_not_matched_insert_all()
                     .execute(data)
                 )
-        except StoreError:
+        except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
+            self._forget_if_gone(exc)
             raise StoreError(f"upsert of {len(objects)} objects into {self.collection} failed: {exc}") from exc
         return int(result.num_inserted_rows + result.num_updated_rows)
 
@@ -153,9 +195,11 @@ class LanceDBStore:
             with self._writing() as table:
                 for part in _in_lists(ids):
                     table.delete(f"id IN ({part}) AND fence <= {int(fence)}")
-        except StoreError:
+        except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
+            if self._forget_if_gone(exc):
+                return  # nothing left to delete
             raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
 
     def _require(self):
@@ -164,17 +208,28 @@ class LanceDBStore:
             raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
         return table
 
-    def _scan(self, columns: Sequence[str], where: str | None = None):
+    def _read(self, what: str, read, absent):
+        """``read(table)`` on the latest version; ``absent`` when there is no table (never made,
+        or dropped by another instance since this one opened it). StoreError when LanceDB fails."""
         table = self._open()
         if table is None:
-            return None
-        query = table.search().select(list(columns))
-        if where:
-            query = query.where(where)
+            return absent
         try:
+            table.checkout_latest()
+            return read(table)
+        except Exception as exc:  # lancedb raises plain exceptions
+            if not self._forget_if_gone(exc):
+                raise StoreError(f"{what} of {self.collection} in {self.uri} failed: {exc}") from exc
+        return absent
+
+    def _scan(self, columns: Sequence[str], where: str | None = None):
+        def read(table):
+            query = table.search().select(list(columns))
+            if where:
+                query = query.where(where)
             return query.limit(None).to_arrow()
-        except Exception as exc:
-            raise StoreError(f"scan of {self.collection} failed: {exc}") from exc
+
+        return self._read("scan", read, None)
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
@@ -187,29 +242,20 @@ class LanceDBStore:
         return found
 
     def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
-        table = self._open()
-        if table is None:
-            return []
-        query = table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
-        if repo:
-            query = query.where(f"repo = {_quote(repo)}", prefilter=True)
-        try:
-            rows = query.limit(k).select([*SearchHit.__slots__[:-1], "_distance"]).to_list()
-        except Exception as exc:
-            raise StoreError(f"search in {self.collection} failed: {exc}") from exc
+        def read(table):
+            query = table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+            if repo:
+                query = query.where(f"repo = {_quote(repo)}", prefilter=True)
+            return query.limit(k).select([*SearchHit.__slots__[:-1], "_distance"]).to_list()
+
+        rows = self._read("search", read, [])
         return [
             SearchHit(**{name: row[name] for name in SearchHit.__slots__[:-1]}, score=1.0 - float(row["_distance"]))
             for row in rows
         ]
 
     def count(self, repo: str | None = None) -> int:
-        table = self._open()
-        if table is None:
-            return 0
-        try:
-            return int(table.count_rows(f"repo = {_quote(repo)}" if repo else None))
-        except Exception as exc:
-            raise StoreError(f"count of {self.collection} in {self.uri} failed: {exc}") from exc
+        return int(self._read("count", lambda table: table.count_rows(f"repo = {_quote(repo)}" if repo else None), 0))
 
     def inventory(self, repo: str) -> Iterator[StoredChunk]:
         data = self._scan(["id", "path", "chunk_index", "content", "content_sha256"], f"repo = {_quote(repo)}")

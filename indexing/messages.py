@@ -1,7 +1,10 @@
 """The messages tasks exchange, as pydantic models serialised to JSON-safe dicts.
 
-Nothing here holds file content or secrets: Flower shows task arguments, so paths, hashes
-and counts travel, and content is read where the work runs (DESIGN.md, "Reliability rules").
+Nothing here holds a secret: Flower shows task arguments. An embedding batch of schema v1
+names paths only, read by the batch from a work tree every worker sees (the embedded mode, a
+shared-disk fleet); a batch of schema v2 says for each file how its content reaches the worker
+(seed 004's content strategies: inline, object storage, git reference), so workers that share
+no disk can run it. docs/events.md documents both.
 """
 
 from __future__ import annotations
@@ -26,11 +29,17 @@ class Action(StrEnum):
 
 
 class SyncRequest(BaseModel):
-    """What a user asked to sync. ``changes`` holds ``(path, kind)`` pairs for listed sources."""
+    """What a user asked to sync. ``changes`` holds ``(path, kind)`` pairs for listed sources.
+
+    A repository added by path has its work tree at ``root``; one added by git URL has ``url``
+    and ``branch`` instead (``root`` empty), and its owner syncs its own clone of it, reading
+    the files at the fetched head of the branch."""
 
     run_id: str
     repo_id: str = Field(min_length=1, max_length=200)
     root: str
+    url: str | None = Field(default=None, description="The git URL of a repository added by URL (no secret).")
+    branch: str | None = None
     collection: str
     source: Literal["paths", "all", "detect"]
     changes: list[tuple[str, str]] = Field(default_factory=list)
@@ -70,10 +79,43 @@ class RunContext(BaseModel):
     commit: str
 
 
-class BatchJob(RunContext):
-    """One chord header task: files to read, chunk, embed and upsert."""
+class ContentStrategy(StrEnum):
+    """How a file's content reaches the worker that embeds it (seed 004)."""
 
+    INLINE = "inline"  # in the message, up to 100 KB a file and 5 MB a batch
+    OBJECT_STORAGE = "object_storage"  # uploaded by the owner; the message has the key and a presigned URL
+    GIT_REFERENCE = "git_reference"  # the reader fetches the blob from its own clone of the git URL
+    PATH = "path"  # schema v1: read from a work tree the reader sees at ``root``
+
+
+class FileContent(BaseModel):
+    """Where one file's content is, and the SHA-256 it must have: content that does not match it
+    is refused, never indexed."""
+
+    strategy: ContentStrategy
+    checksum: str = Field(pattern=r"^([0-9a-f]{64})?$", description="SHA-256 of the content (hex).")
+    size: int = Field(ge=0, description="Bytes.")
+    linked: bool = Field(default=False, description="The path leads through a symlink.")
+    content: str | None = None  # inline: the bytes, as text or base64
+    content_encoding: Literal["utf-8", "base64"] | None = None
+    object_key: str | None = None  # object_storage
+    url: str | None = None  # object_storage: presigned GET, valid 24 h
+    git_url: str | None = None  # git_reference: no credentials, ever
+    branch: str | None = None
+    commit: str | None = None
+    path: str | None = None  # git_reference, path: the file's path in the tree
+    problem: str | None = Field(default=None, description="The owner could not read the file any more: "
+                                "the reader reports this reason as the file's (no content, no checksum).")
+    skipped: bool = False  # the problem is a skip (binary, oversized), not an error
+
+
+class BatchJob(RunContext):
+    """One chord header task: files to read, chunk, embed and upsert. ``schema_version`` 1: the
+    files are read from ``root``; 2: ``contents`` says where each file's content is (by path)."""
+
+    schema_version: Literal[1, 2] = 1
     files: list[PlannedFile]
+    contents: dict[str, FileContent] = Field(default_factory=dict)
 
 
 class FileResult(BaseModel):
@@ -106,6 +148,7 @@ class CommitJob(RunContext):
     started_at: str
     files_total: int = Field(default=0, ge=0, description="Files sent to the embedding batches.")
     filter_fingerprint: str = Field(default="", description="The filter settings the plan was made under.")
+    note: str = Field(default="", description="What the planner has to say (a full scan instead of a diff).")
     files: list[PlannedFile]
 
 

@@ -11,7 +11,7 @@ import psycopg
 from indexing.errors import StaleFenceError, StoreError
 from indexing.postgres import PgDatabase, open_migrated
 from indexing.state import (
-    FAILURE_COLUMNS, REPO_STATS_SQL, CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats,
+    FAILURE_COLUMNS, REPO_COLUMNS, REPO_STATS_SQL, CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats,
     RunRecord, RunStatus, utcnow,
 )
 
@@ -55,6 +55,8 @@ STATE_SCHEMA: list[str] = [
     "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS task_id text NOT NULL DEFAULT ''",
     "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS request text NOT NULL DEFAULT ''",
     "CREATE INDEX IF NOT EXISTS sync_runs_running ON sync_runs (status, shard_id)",
+    "ALTER TABLE repos ADD COLUMN IF NOT EXISTS url text",
+    "ALTER TABLE repos ADD COLUMN IF NOT EXISTS branch text",
 ]
 
 
@@ -112,8 +114,7 @@ class PostgresStateStore:
             [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()]))
 
     def get_repo(self, repo_id: str) -> RepoRecord | None:
-        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence, "
-                           "filter_fingerprint FROM repos WHERE repo_id = %s", [repo_id])
+        rows = self._query(f"SELECT {REPO_COLUMNS} FROM repos WHERE repo_id = %s", [repo_id])
         return RepoRecord(**rows[0]) if rows else None
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
@@ -126,6 +127,12 @@ class PostgresStateStore:
             "ON CONFLICT (repo_id) DO UPDATE SET root = excluded.root, fence = repos.fence + 1 RETURNING fence",
             [repo_id, root, collection, utcnow()]).fetchone())
         return int(row["fence"])
+
+    def set_source(self, repo_id: str, collection: str, url: str, branch: str) -> None:
+        self.db.write(lambda conn: conn.execute(
+            "INSERT INTO repos (repo_id, root, collection, fence, updated_at, url, branch) "
+            "VALUES (%s, '', %s, 0, %s, %s, %s) ON CONFLICT (repo_id) DO UPDATE SET url = excluded.url, "
+            "branch = excluded.branch", [repo_id, collection, utcnow(), url, branch]))
 
     # files
 

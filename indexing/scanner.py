@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pathspec
 
@@ -31,24 +32,33 @@ BINARY_SNIFF_BYTES = 8192
 _CONTROL = frozenset(range(0, 32)) - {9, 10, 12, 13}
 
 
+class _GitignoreSource(Protocol):
+    def gitignore_lines(self, rel_dir: str) -> list[str] | None: ...
+
+
 class FileFilter:
     """Decides whether a repository-relative path may be indexed.
 
     ``include``/``exclude`` are gitignore-style patterns (an empty ``include`` admits every
-    file); ``.gitignore`` files under ``root`` are honoured when ``use_gitignore``.
+    file); ``.gitignore`` files under ``root`` are honoured when ``use_gitignore``: ``root`` is a
+    work tree's directory, or a tree with a ``gitignore_lines(rel_dir)`` method
+    (``indexing.tree.SourceTree``, a commit of a clone).
     ``fingerprint`` identifies the rules besides the ``.gitignore`` files themselves: when it
     changes, every indexed file is evaluated again (``indexing.sync.plan_sync``).
     """
 
     def __init__(
         self,
-        root: Path,
+        root: Path | _GitignoreSource,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         use_gitignore: bool = True,
         extra_excluded_dirs: Sequence[str] = (),
     ) -> None:
-        self.root = Path(root)
+        # A work tree's root (its .gitignore files read from disk), or a tree that reads them
+        # itself (indexing.tree: a commit of a clone).
+        self._source = root if hasattr(root, "gitignore_lines") else None
+        self.root = None if self._source is not None else Path(root)
         self._include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
         self._exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
         self._use_gitignore = use_gitignore
@@ -86,8 +96,11 @@ class FileFilter:
         if rel_dir not in self._ignore_cache:
             rel = f"{rel_dir}/.gitignore" if rel_dir else ".gitignore"
             try:
-                text = read_file(self.root, rel, GITIGNORE_MAX_BYTES).decode("utf-8", errors="replace")
-                spec = pathspec.GitIgnoreSpec.from_lines(text.splitlines())
+                if self._source is not None:
+                    lines = self._source.gitignore_lines(rel_dir)
+                else:
+                    lines = read_file(self.root, rel, GITIGNORE_MAX_BYTES).decode("utf-8", errors="replace").splitlines()
+                spec = None if lines is None else pathspec.GitIgnoreSpec.from_lines(lines)
             except (FileIssue, ValueError):
                 spec = None
             self._ignore_cache[rel_dir] = spec

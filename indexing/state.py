@@ -49,6 +49,8 @@ class RepoRecord:
     fence: int
     committed_fence: int = 0
     filter_fingerprint: str | None = None  # the filter settings the index was last evaluated under
+    url: str | None = None  # a repository added by git URL (no credentials); None: added by path (``root``)
+    branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,9 @@ class RepoStats:
     files: int
     chunks: int
     bytes: int
+    url: str | None = None
+    branch: str | None = None
+    indexed_at: str | None = None  # when the last sync committed (ISO-8601), None before the first
 
 
 class StateStore(Protocol):
@@ -160,6 +165,11 @@ class StateStore(Protocol):
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
         """Register the repository if new and return its next fencing token (1, 2, ...)."""
+        ...
+
+    def set_source(self, repo_id: str, collection: str, url: str, branch: str) -> None:
+        """Register a repository added by git URL (``url`` without credentials), or change the
+        URL and branch of one registered so; its index is untouched."""
         ...
 
     def file_states(self, repo_id: str, paths: Sequence[str]) -> dict[str, FileState]:
@@ -243,9 +253,12 @@ FILE_COLUMNS = "path, sha256, size, chunk_count, encoding, language, fence, inde
 #: Both stores answer :meth:`StateStore.repo_stats` with this query.
 REPO_STATS_SQL = (
     "SELECT r.repo_id, r.root, r.collection, r.last_commit, COUNT(f.path) AS files, "
-    "CAST(COALESCE(SUM(f.chunk_count), 0) AS bigint) AS chunks, CAST(COALESCE(SUM(f.size), 0) AS bigint) AS bytes "
+    "CAST(COALESCE(SUM(f.chunk_count), 0) AS bigint) AS chunks, CAST(COALESCE(SUM(f.size), 0) AS bigint) AS bytes, "
+    "r.url, r.branch, CASE WHEN r.committed_fence > 0 THEN r.updated_at END AS indexed_at "
     "FROM repos r LEFT JOIN files f ON f.repo_id = r.repo_id GROUP BY r.repo_id, r.root, r.collection, "
-    "r.last_commit ORDER BY r.repo_id")
+    "r.last_commit, r.url, r.branch, r.committed_fence, r.updated_at ORDER BY r.repo_id")
+#: The columns of a :class:`RepoRecord`, as both stores select them.
+REPO_COLUMNS = "repo_id, root, collection, last_commit, fence, committed_fence, filter_fingerprint, url, branch"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -254,7 +267,7 @@ CREATE TABLE IF NOT EXISTS collections (
 CREATE TABLE IF NOT EXISTS repos (
     repo_id TEXT PRIMARY KEY, root TEXT NOT NULL, collection TEXT NOT NULL,
     last_commit TEXT, fence INTEGER NOT NULL DEFAULT 0, committed_fence INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT NOT NULL, filter_fingerprint TEXT);
+    updated_at TEXT NOT NULL, filter_fingerprint TEXT, url TEXT, branch TEXT);
 CREATE TABLE IF NOT EXISTS files (
     repo_id TEXT NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     chunk_count INTEGER NOT NULL, encoding TEXT NOT NULL, language TEXT NOT NULL,
@@ -303,7 +316,8 @@ class SQLiteStateStore:
                                     ("files", "linked", "INTEGER NOT NULL DEFAULT 0"),
                                     ("sync_runs", "owner", "TEXT NOT NULL DEFAULT ''"),
                                     ("sync_runs", "task_id", "TEXT NOT NULL DEFAULT ''"),
-                                    ("sync_runs", "request", "TEXT NOT NULL DEFAULT ''")):
+                                    ("sync_runs", "request", "TEXT NOT NULL DEFAULT ''"),
+                                    ("repos", "url", "TEXT"), ("repos", "branch", "TEXT")):
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -383,8 +397,7 @@ class SQLiteStateStore:
                          [meta.name, meta.embedding_model, meta.dimension, meta.distance, utcnow()])
 
     def get_repo(self, repo_id: str) -> RepoRecord | None:
-        rows = self._query("SELECT repo_id, root, collection, last_commit, fence, committed_fence, "
-                           "filter_fingerprint FROM repos WHERE repo_id = ?", [repo_id])
+        rows = self._query(f"SELECT {REPO_COLUMNS} FROM repos WHERE repo_id = ?", [repo_id])
         return RepoRecord(**dict(rows[0])) if rows else None
 
     def grant_fence(self, repo_id: str, root: str, collection: str) -> int:
@@ -395,6 +408,13 @@ class SQLiteStateStore:
                 "ON CONFLICT (repo_id) DO UPDATE SET root = excluded.root", [repo_id, root, collection, utcnow()])
             conn.execute("UPDATE repos SET fence = fence + 1 WHERE repo_id = ?", [repo_id])
             return int(conn.execute("SELECT fence FROM repos WHERE repo_id = ?", [repo_id]).fetchone()[0])
+
+    def set_source(self, repo_id: str, collection: str, url: str, branch: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO repos (repo_id, root, collection, fence, updated_at, url, branch) "
+                "VALUES (?, '', ?, 0, ?, ?, ?) ON CONFLICT (repo_id) DO UPDATE SET url = excluded.url, "
+                "branch = excluded.branch", [repo_id, collection, utcnow(), url, branch])
 
     # files
 

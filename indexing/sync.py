@@ -16,17 +16,19 @@ What the steps talk to comes from the caller as a :class:`SyncEnvironment`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from indexing.changes import Change, ChangeKind, commit_exists, git_changes, head_commit
+from indexing.changes import Change, ChangeKind
 from indexing.chunking import chunk_text
+from indexing.content import ContentEncoder, ContentReader
 from indexing.embed_cache import EmbeddingCache
 from indexing.embedders import Embedder
 from indexing.errors import (
@@ -38,10 +40,13 @@ from indexing.languages import language_of
 from indexing.messages import (
     Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
-from indexing.paths import is_linked, printable, relative_path
-from indexing.scanner import FileFilter, decode, read_file, walk
+from indexing.paths import printable
+from indexing.scanner import FileFilter, decode
 from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, RunStatus, StateStore, utcnow
 from indexing.store import VectorObject, VectorStore
+from indexing.tree import SourceTree, WorkTree
+
+_log = logging.getLogger("codeindex.sync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,20 @@ class SyncEnvironment(Protocol):
 
     def repo_lock(self, repo_id: str) -> AbstractContextManager: ...
 
-    def file_filter(self, root: Path) -> FileFilter: ...
+    def open_tree(self, request: SyncRequest) -> AbstractContextManager[SourceTree]:
+        """The files ``request`` syncs: its work tree, or (a repository added by URL) the owner's
+        clone fetched and read at the branch head. Called under the repository's lock."""
+        ...
+
+    def file_filter(self, tree: SourceTree | Path) -> FileFilter: ...
+
+    def content_encoder(self, request: SyncRequest) -> ContentEncoder | None:
+        """How the batches of ``request`` carry file content (schema v2); None for schema v1
+        batches, which name paths that the reader reads from the shared work tree."""
+        ...
+
+    @property
+    def content_reader(self) -> ContentReader: ...
 
     @property
     def limits(self) -> PlanLimits: ...
@@ -177,12 +195,22 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") 
     Raises :class:`ModelMismatchError`, :class:`MassDeleteError`, :class:`RepositoryError`,
     :class:`DamagedStoreError`, LockTimeoutError and StoreError (from the lock and the stores).
     """
+    with ExitStack() as stack:
+        return _prepare(request, env, task_id, stack)
+
+
+def _prepare(request: SyncRequest, env: SyncEnvironment, task_id: str, stack: ExitStack) -> PreparedSync:
+    """:func:`prepare_sync`, with the tree kept open on ``stack`` until the batches are encoded."""
     started = utcnow()
-    root = Path(request.root)
     if request.dry_run:
         state = env.readonly_state()
         check_model(state, request.collection, env.embedder)
-        plan = plan_sync(request, state, env.file_filter(root), env.limits)
+        if request.url:  # the fetch writes the owner's clone: under the lock, as every git write there
+            with env.repo_lock(request.repo_id):
+                tree = stack.enter_context(env.open_tree(request))
+        else:
+            tree = stack.enter_context(env.open_tree(request))
+        plan = plan_sync(request, state, env.file_filter(tree), env.limits, tree)
         return PreparedSync(plan, summary=summarize_plan(request, plan, seconds_since(started)))
     state = env.state
     existing = state.get_run(request.run_id)
@@ -196,9 +224,10 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") 
     try:
         with env.repo_lock(request.repo_id):
             check_model(state, request.collection, env.embedder)
+            tree = stack.enter_context(env.open_tree(request))
             previous = state.get_repo(request.repo_id)
             fence = state.grant_fence(request.repo_id, request.root, request.collection)
-            plan = plan_sync(request, state, env.file_filter(root), env.limits)
+            plan = plan_sync(request, state, env.file_filter(tree), env.limits, tree)
             # A full scan, and a sync that writes (it opens the store anyway), first make sure the
             # store can be read and agrees with the state; a no-op incremental sync (a hook's) does
             # not open the store at all, so it does not pay for the check.
@@ -216,12 +245,19 @@ def prepare_sync(request: SyncRequest, env: SyncEnvironment, task_id: str = "") 
                          collection=request.collection, fence=fence, commit=plan.commit)
     job = CommitJob(**context.model_dump(), advance_commit=plan.advance_commit, trigger=request.trigger,
                     started_at=started, files_total=run.files_total, filter_fingerprint=plan.filter_fingerprint,
-                    files=plan.files,
+                    note=plan.note, files=plan.files,
                     verify_store=request.reindex or (previous is not None and previous.fence > previous.committed_fence))
     if not batches:
         return PreparedSync(plan, run, job, summary=finish_sync(job, [], env))
     record_model(state, request.collection, env.embedder)
-    return PreparedSync(plan, run, job, [BatchJob(**context.model_dump(), files=files) for files in batches])
+    encoder = env.content_encoder(request)
+    if encoder is None:
+        return PreparedSync(plan, run, job, [BatchJob(**context.model_dump(), files=files) for files in batches])
+    jobs = [BatchJob(**context.model_dump(), files=files, schema_version=2,
+                     contents=encoder.encode(tree, files, env.limits.max_file_size)) for files in batches]
+    _log.info("run %s of %s: content strategies %s", request.run_id, request.repo_id,
+              " ".join(f"{k}={v}" for k, v in sorted(encoder.counts.items())))
+    return PreparedSync(plan, run, job, jobs)
 
 
 _WRITES = (Action.ADD, Action.UPDATE, Action.DELETE)
@@ -264,7 +300,7 @@ def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
     if repo is not None and repo.committed_fence > job.fence:
         return []
     results = index_batch(job, env.vector_store(job.collection), env.embedding_cache, env.embedder,
-                          env.limits.max_file_size)
+                          env.limits.max_file_size, env.content_reader)
     env.state.advance_run(job.run_id, len(job.files))
     return results
 
@@ -308,26 +344,27 @@ def record_model(state: StateStore, collection: str, embedder: Embedder) -> None
     state.set_collection_meta(CollectionMeta(collection, embedder.model_id, embedder.dimension, embedder.distance))
 
 
-def _changes_for(request: SyncRequest, root: Path, last: str | None,
+def _changes_for(request: SyncRequest, tree: SourceTree, last: str | None,
                  file_filter: FileFilter) -> tuple[Iterable[Change], str, bool, str]:
     """The change source of ``request`` as changes, the commit synced, whether it may advance, a note."""
-    commit = head_commit(root) or ""
+    commit = tree.commit
     if request.source == "paths":
         return (Change(p, ChangeKind(k)) for p, k in request.changes), commit, False, ""
     if request.source == "detect":
         if not commit:
-            raise RepositoryError(f"{root} has no git history; --detect-changes needs a git repository with a commit")
-        if last and commit_exists(root, last):
-            return git_changes(root, last, commit), commit, True, ""
+            raise RepositoryError(f"{tree.describe()} has no git history; --detect-changes needs a git repository "
+                                  "with a commit")
+        if last and tree.has_commit(last):
+            return tree.changes_since(last), commit, True, ""
         note = ("no indexed commit yet: scanning the whole repository" if not last
                 else f"last indexed commit {last[:12]} is gone from history: scanning the whole repository, "
                      "and dropping what is no longer there")
-        return _full_scan(root, file_filter), commit, True, note
-    return _full_scan(root, file_filter), commit, True, ""
+        return _full_scan(tree, file_filter), commit, True, note
+    return _full_scan(tree, file_filter), commit, True, ""
 
 
-def _full_scan(root: Path, file_filter: FileFilter, under: str = "") -> Iterator[Change]:
-    return (Change(rel, ChangeKind.LISTED) for rel in walk(root, file_filter, under))
+def _full_scan(tree: SourceTree, file_filter: FileFilter, under: str = "") -> Iterator[Change]:
+    return (Change(rel, ChangeKind.LISTED) for rel in tree.walk(file_filter, under))
 
 
 def filter_fingerprint(file_filter: FileFilter, limits: PlanLimits) -> str:
@@ -336,7 +373,8 @@ def filter_fingerprint(file_filter: FileFilter, limits: PlanLimits) -> str:
     return f"{file_filter.fingerprint}-{limits.max_file_size}"
 
 
-def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, limits: PlanLimits) -> Plan:
+def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, limits: PlanLimits,
+              tree: SourceTree | None = None) -> Plan:
     """Decide what to do with every path the request's change source names, and with every
     indexed path whose inclusion may have changed: the index holds exactly the files the
     current rules include.
@@ -346,44 +384,48 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
     ``.gitignore`` the source names; the whole repository when the filter settings changed since
     the last sync (:func:`filter_fingerprint`); and every indexed path that leads through a
     symlink, whose target may have changed unnamed. A ``--detect-changes`` whose last indexed
-    commit is gone from history scans the whole repository as ``--all --delete-missing`` would.
+    commit is gone from history scans the whole repository as ``--all --delete-missing`` would, and
+    so does a full scan of a repository added by URL (a commit holds every file it has).
     An indexed path that is now refused (ignored, excluded, binary, oversized, undecodable, a
     symlink leading outside or nowhere) is deleted, with the reason.
 
     Returns a :class:`Plan` in source order, the re-evaluated paths after the named ones.
     Paths outside the root and unreadable files become ERROR entries; ignored, binary,
     oversized and missing files SKIP entries; a problem with one path never stops the others.
-    Nothing here writes anywhere.
+    Nothing here writes anywhere. ``tree`` holds the files (default: the work tree at
+    ``request.root``; for a repository added by URL, the owner's clone at the fetched head).
     Raises :class:`MassDeleteError` when deletes exceed ``limits.delete_threshold`` of the
     repository's indexed files and ``request.force`` is false; :class:`RepositoryError`
     when ``--detect-changes`` has no git history to read.
     """
-    root = Path(request.root)
+    tree = tree if tree is not None else WorkTree(Path(request.root))
     repo = state.get_repo(request.repo_id)
-    changes, commit, advance, note = _changes_for(request, root, repo.last_commit if repo else None, file_filter)
+    changes, commit, advance, note = _changes_for(request, tree, repo.last_commit if repo else None, file_filter)
     fingerprint = filter_fingerprint(file_filter, limits)
     # One ordered mapping keeps source order for usable paths and refused ones alike; a
     # path named twice keeps its first place and its last kind.
     wanted: dict[str, ChangeKind | PlannedFile] = {}
     for n, change in enumerate(changes):
         try:
-            wanted[relative_path(root, change.path)] = change.kind
+            wanted[tree.relative(change.path)] = change.kind
         except FileIssue as issue:
             wanted[f"\0{n}"] = PlannedFile(path=printable(change.path), action=Action.ERROR, reason=issue.reason)
     scanned = request.source == "all" or (request.source == "detect" and bool(note))  # a full scan already
     history_gone = scanned and request.source == "detect" and bool(repo and repo.last_commit)
-    delete_missing = request.delete_missing or history_gone
+    # A full scan of a commit (a repository added by URL) is the whole truth: what it lacks is
+    # gone, not missing from a work tree by accident.
+    delete_missing = request.delete_missing or history_gone or (scanned and bool(request.url))
     refilter = bool(repo and repo.filter_fingerprint and repo.filter_fingerprint != fingerprint)
     if refilter:
         note = "; ".join(filter(None, [note, "the filter settings changed: every file is evaluated again"]))
-    for rel in _reevaluate(request, root, state, file_filter, wanted, full=scanned or refilter, scanned=scanned,
+    for rel in _reevaluate(request, tree, state, file_filter, wanted, full=scanned or refilter, scanned=scanned,
                            delete_missing=delete_missing):
         wanted.setdefault(rel, ChangeKind.LISTED)
 
     known = state.file_states(request.repo_id, [rel for rel, kind in wanted.items() if isinstance(kind, ChangeKind)])
     planned = [
         kind if isinstance(kind, PlannedFile)
-        else _plan_one(root, rel, kind, known.get(rel), delete_missing, file_filter, limits.max_file_size,
+        else _plan_one(tree, rel, kind, known.get(rel), delete_missing, file_filter, limits.max_file_size,
                        request.reindex)
         for rel, kind in wanted.items()
     ]
@@ -396,7 +438,7 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
     return Plan(planned, commit, advance, note, fingerprint)
 
 
-def _reevaluate(request: SyncRequest, root: Path, state: StateStore, file_filter: FileFilter,
+def _reevaluate(request: SyncRequest, tree: SourceTree, state: StateStore, file_filter: FileFilter,
                 named: dict, *, full: bool, scanned: bool, delete_missing: bool) -> Iterator[str]:
     """The paths to evaluate besides the named ones (see :func:`plan_sync`). ``full``: the whole
     repository; ``scanned``: the change source is a full scan already."""
@@ -407,23 +449,31 @@ def _reevaluate(request: SyncRequest, root: Path, state: StateStore, file_filter
         return
     indexed = state.indexed_paths(request.repo_id)
     if full and not scanned:  # an incremental source whose rules changed: scan as --all would
-        yield from (c.path for c in _full_scan(root, file_filter))
+        yield from (c.path for c in _full_scan(tree, file_filter))
     for directory in ([] if full else ignore_dirs):
-        yield from (c.path for c in _full_scan(root, file_filter, directory))
+        yield from (c.path for c in _full_scan(tree, file_filter, directory))
     prefixes = None if full else tuple(f"{d}/" if d else "" for d in ignore_dirs)
     for rel in indexed:
         if prefixes is None or rel.startswith(prefixes):
-            if delete_missing or os.path.lexists(root / rel):
+            if delete_missing or _lexists(tree, rel):
                 yield rel
 
 
-def _plan_one(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
+def _lexists(tree: SourceTree, rel: str) -> bool:
+    """As ``os.path.lexists``: False for any error."""
+    try:
+        return tree.lexists(rel)
+    except OSError:
+        return False
+
+
+def _plan_one(tree: SourceTree, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
               file_filter: FileFilter, max_size: int, reindex: bool = False) -> PlannedFile | None:
     """The decision for one path; None when there is nothing to say (deleted and never indexed).
     A problem of this path's own (a name too long, an unreadable directory) becomes its ERROR.
     ``reindex``: an unchanged file is written again (``verify --repair``)."""
     try:
-        return _decide(root, rel, kind, known, delete_missing, file_filter, max_size, reindex)
+        return _decide(tree, rel, kind, known, delete_missing, file_filter, max_size, reindex)
     except OSError as exc:
         return PlannedFile(path=rel, action=Action.ERROR, reason=f"unreadable: {exc.strerror or exc}",
                            old_chunks=known.chunk_count if known else 0)
@@ -437,14 +487,9 @@ def _refused(rel: str, reason: str, known: FileState | None, action: Action) -> 
     return PlannedFile(path=rel, action=action, reason=reason)
 
 
-def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
+def _decide(tree: SourceTree, rel: str, kind: ChangeKind, known: FileState | None, delete_missing: bool,
             file_filter: FileFilter, max_size: int, reindex: bool) -> PlannedFile | None:
-    try:
-        os.lstat(root / rel)
-        on_disk = True
-    except (FileNotFoundError, NotADirectoryError):
-        on_disk = False
-    if not on_disk:
+    if not tree.lexists(rel):
         if known and (kind is ChangeKind.DELETED or delete_missing):
             return PlannedFile(path=rel, action=Action.DELETE, old_chunks=known.chunk_count, size=known.size)
         if kind is ChangeKind.DELETED:
@@ -455,7 +500,7 @@ def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, del
     if reason:
         return _refused(rel, reason, known, Action.SKIP)
     try:
-        data = read_file(root, rel, max_size)
+        data = tree.read(rel, max_size)
         digest = sha256_hex(data)
         if known and known.sha256 == digest and not reindex:
             return PlannedFile(path=rel, action=Action.UNCHANGED, size=len(data), sha256=digest,
@@ -471,20 +516,23 @@ def _decide(root: Path, rel: str, kind: ChangeKind, known: FileState | None, del
 
 
 def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedder: Embedder,
-                max_file_size: int) -> list[FileResult]:
+                max_file_size: int, reader: ContentReader | None = None) -> list[FileResult]:
     """Read, chunk, embed and upsert the files of one batch; return one result per file.
 
-    File problems (vanished, now binary, unreadable) become failed results and do not stop
-    the batch. Chunks whose text is in ``cache`` are not embedded again. All objects of the
-    batch go to the store in one upsert carrying ``job.fence``.
-    Raises :class:`StoreError` when the store or cache fails (the task retries the batch).
+    ``reader`` resolves each file's content (``indexing.content``: the work tree for schema v1,
+    the message's content strategy for v2; default: a reader without object storage or clone
+    cache). File problems (vanished, now binary, unreadable, a checksum mismatch) become failed
+    results and do not stop the batch. Chunks whose text is in ``cache`` are not embedded again.
+    All objects of the batch go to the store in one upsert carrying ``job.fence``.
+    Raises :class:`StoreError` when the store, the cache or the content's source fails (the
+    task retries the batch).
     """
-    root = Path(job.root)
+    reader = reader or ContentReader()
     results: list[FileResult] = []
     pending: list[tuple[FileResult, list, list[str]]] = []
     for planned in job.files:
         try:
-            data = read_file(root, planned.path, max_file_size)
+            data, linked = reader.read(job, planned, max_file_size)
             text = decode(data)
         except FileIssue as issue:
             results.append(FileResult(path=planned.path, ok=False, reason=issue.reason, skipped=issue.status == "skipped"))
@@ -493,7 +541,7 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         chunks = chunk_text(text.text, embedder.max_tokens, embedder.count_tokens, language)
         result = FileResult(path=planned.path, ok=True, sha256=sha256_hex(data), size=len(data),
                             chunk_count=len(chunks), encoding=text.encoding, language=language,
-                            linked=is_linked(root, planned.path))
+                            linked=linked)
         results.append(result)
         hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
         pending.append((result, chunks, hashes))
@@ -551,7 +599,7 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
     upserts: list[FileState] = []
     deletes: list[str] = []
     summary = SyncSummary(run_id=job.run_id, repo_id=job.repo_id, collection=job.collection,
-                          status=RunStatus.SUCCEEDED, commit=job.commit)
+                          status=RunStatus.SUCCEEDED, commit=job.commit, message=job.note)
     now = utcnow()
     for entry in job.files:  # parsed for this commit alone: final actions are written in place
         keep = None

@@ -10,13 +10,13 @@ index and content), so it also proves that every data file of the store can be r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from indexing.errors import DependencyUnavailableError, StoreError
 from indexing.ids import object_id, sha256_hex
 from indexing.messages import SyncRequest
-from indexing.state import StateStore
+from indexing.state import RepoStats, StateStore
 from indexing.store import VectorStore
 
 
@@ -107,16 +107,17 @@ def verify_index(state: StateStore, store: VectorStore, collection: str, repo_id
     return report
 
 
-def repair_requests(report: VerifyReport, roots: dict[str, str]) -> list[SyncRequest]:
+def repair_requests(report: VerifyReport, roots: Mapping[str, RepoStats]) -> list[SyncRequest]:
     """The syncs that make the index exact again: per repository with problems, a sync that
     indexes its problem files again (``reindex``: embedded and written even when unchanged,
     the store asked which chunks exist); when the store could not be read, a full ``reindex``
-    of every repository of ``roots`` (repo id -> root). Orphan objects are deleted by the
-    caller first (:attr:`RepoCheck.orphan_ids`)."""
+    of every repository of ``roots`` (repo id -> its record: a work tree's root, or a git URL
+    and branch). Orphan objects are deleted by the caller first (:attr:`RepoCheck.orphan_ids`)."""
     def request(repo_id: str, source: str, paths: Sequence[str] = ()) -> SyncRequest:
-        return SyncRequest(run_id=str(uuid.uuid4()), repo_id=repo_id, root=roots[repo_id],
-                           collection=report.collection, source=source, changes=[(p, "modified") for p in paths],
-                           force=True, reindex=True, trigger="repair")
+        record = roots[repo_id]
+        return SyncRequest(run_id=str(uuid.uuid4()), repo_id=repo_id, root=record.root, url=record.url,
+                           branch=record.branch, collection=report.collection, source=source,
+                           changes=[(p, "modified") for p in paths], force=True, reindex=True, trigger="repair")
 
     if not report.readable:
         return [request(repo_id, "all") for repo_id in sorted(roots)]

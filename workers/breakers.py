@@ -20,6 +20,8 @@ import redis
 
 from indexing.errors import (
     DependencyUnavailableError,
+    LockTimeoutError,
+    ObjectNotFoundError,
     RefusedError,
     StaleFenceError,
     UsageError,
@@ -30,9 +32,11 @@ log = logging.getLogger("codeindex.breakers")
 
 T = TypeVar("T")
 
-# Answers, not outages: the dependency worked and said no. GeneratorExit is a consumer that
-# stopped reading a guarded iterator early, which says nothing about the dependency.
-EXCLUDED = (RefusedError, UsageError, StaleFenceError, GeneratorExit)
+# Answers, not outages: the dependency worked and said no (an object that is not there among
+# them), or was not reached for a reason of ours (a table's write lock held too long by another
+# writer). GeneratorExit is a consumer that stopped reading a guarded iterator early, which says
+# nothing about the dependency.
+EXCLUDED = (RefusedError, UsageError, StaleFenceError, ObjectNotFoundError, LockTimeoutError, GeneratorExit)
 
 #: Each guarded call costs a few Redis round trips; a short timeout (seconds) keeps an
 #: unreachable Redis from stalling calls to a healthy dependency (pybreaker then assumes the
@@ -45,6 +49,7 @@ class Dependency(StrEnum):
 
     VECTOR_STORE = "vector_store"
     EMBEDDER = "embedder"
+    OBJECT_STORAGE = "object_storage"
 
 
 class _LogStateChanges(pybreaker.CircuitBreakerListener):

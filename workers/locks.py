@@ -86,15 +86,15 @@ def break_locks_of(client: redis.Redis, holder: str) -> list[str]:
 
 
 class RedisLockHandle:
-    """What the holder of a Redis repository lock can see while it holds it.
+    """What the holder of a Redis lock can see while it holds it (``name``: what is locked).
 
     ``lost`` turns true (with ``lost_reason``) when a renewal finds the lock gone or owned by
     another holder, or when no renewal succeeded for a whole ttl; work done after that is
     protected only by the fencing token. ``renewals`` counts successful renewals.
     """
 
-    def __init__(self, repo_id: str, ttl: float) -> None:
-        self.repo_id, self.ttl = repo_id, ttl
+    def __init__(self, name: str, ttl: float) -> None:
+        self.name, self.ttl = name, ttl
         self.lost = False
         self.lost_reason: str | None = None
         self.renewals = 0
@@ -102,7 +102,7 @@ class RedisLockHandle:
 
     def _mark_lost(self, reason: str) -> None:
         self.lost, self.lost_reason = True, reason
-        log.warning("redis lock lost repo=%s reason=%s", self.repo_id, reason)
+        log.warning("redis lock lost of %s reason=%s", self.name, reason)
 
 
 def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
@@ -123,7 +123,7 @@ def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
             if time.monotonic() - last_renewed >= handle.ttl:
                 handle._mark_lost(f"not renewed for {handle.ttl:.1f}s (ttl): {exc}")
                 return
-            log.warning("redis lock renewal failed repo=%s error=%s; retrying", handle.repo_id, exc)
+            log.warning("redis lock renewal of %s failed error=%s; retrying", handle.name, exc)
         except Exception as exc:  # noqa: BLE001 - escaping, it would end the thread unseen
             handle._mark_lost(f"renewal crashed: {exc!r}")
             return
@@ -132,10 +132,18 @@ def _renew(lock: Lock, handle: RedisLockHandle, every: float) -> None:
             last_renewed = time.monotonic()
 
 
-@contextmanager
 def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: float,
-                    renew_every: float | None = None, holder: str | None = None) -> Iterator[RedisLockHandle]:
-    """Hold the Redis lock of ``repo_id`` for the ``with`` block, renewed while held.
+                    renew_every: float | None = None, holder: str | None = None):
+    """Hold the Redis lock of repository ``repo_id`` (:func:`redis_lock` on :func:`redis_lock_key`)."""
+    return redis_lock(client, redis_lock_key(repo_id), what=f"repository {repo_id}", ttl=ttl, timeout=timeout,
+                      renew_every=renew_every, holder=holder)
+
+
+@contextmanager
+def redis_lock(client: redis.Redis, key: str, *, what: str, ttl: float, timeout: float,
+               renew_every: float | None = None, holder: str | None = None) -> Iterator[RedisLockHandle]:
+    """Hold the Redis lock ``key`` (``what`` names it in messages) for the ``with`` block,
+    renewed while held.
 
     The lock lives ``ttl`` seconds unless renewed; a daemon thread renews it every
     ``renew_every`` seconds (default ``ttl / 3``). ``holder`` (a shard id) is recorded in
@@ -151,23 +159,17 @@ def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: f
     if not 0 < every < ttl:
         raise ValueError(f"renew_every must be between 0 and ttl ({ttl}), got {every}")
     # thread_local=False: the renewal thread must see the token the acquiring thread got.
-    lock = Lock(client, redis_lock_key(repo_id), timeout=ttl, sleep=0.05, blocking=True,
-                blocking_timeout=timeout, thread_local=False)
+    lock = Lock(client, key, timeout=ttl, sleep=0.05, blocking=True, blocking_timeout=timeout, thread_local=False)
     try:
         acquired = lock.acquire()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailableError(
-            f"cannot reach Redis to lock repository {repo_id}: {exc}; retry when Redis is back"
-        ) from exc
+        raise BrokerUnavailableError(f"cannot reach Redis to lock {what}: {exc}; retry when Redis is back") from exc
     if not acquired:
-        raise LockTimeoutError(
-            f"repository {repo_id} is locked by another sync (waited {timeout:g}s); retry later"
-        )
+        raise LockTimeoutError(f"{what} is locked by another writer (waited {timeout:g}s); retry later")
     if holder is not None:
-        _note_holder(client, repo_id, holder)
-    handle = RedisLockHandle(repo_id, ttl)
-    renewer = threading.Thread(target=_renew, args=(lock, handle, every), daemon=True,
-                               name=f"lock-renewer:{repo_id}")
+        _note_holder(client, key, holder)
+    handle = RedisLockHandle(what, ttl)
+    renewer = threading.Thread(target=_renew, args=(lock, handle, every), daemon=True, name=f"lock-renewer:{key}")
     renewer.start()
     try:
         yield handle
@@ -176,19 +178,19 @@ def redis_repo_lock(client: redis.Redis, repo_id: str, *, ttl: float, timeout: f
         renewer.join(timeout=every)
         _release(lock, handle)
         if holder is not None and not handle.lost:
-            _note_holder(client, repo_id, None)
+            _note_holder(client, key, None)
 
 
-def _note_holder(client: redis.Redis, repo_id: str, holder: str | None) -> None:
-    """Record (or, with None, forget) who holds the lock; a failure only delays a dead holder's
-    lock to its ttl, so it is logged, never raised."""
+def _note_holder(client: redis.Redis, key: str, holder: str | None) -> None:
+    """Record (or, with None, forget) who holds the lock ``key``; a failure only delays a dead
+    holder's lock to its ttl, so it is logged, never raised."""
     try:
         if holder is None:
-            client.hdel(LOCK_HOLDERS, redis_lock_key(repo_id))
+            client.hdel(LOCK_HOLDERS, key)
         else:
-            client.hset(LOCK_HOLDERS, redis_lock_key(repo_id), holder)
+            client.hset(LOCK_HOLDERS, key, holder)
     except redis.RedisError as exc:
-        log.warning("redis lock holder not recorded repo=%s error=%s", repo_id, exc)
+        log.warning("redis lock holder not recorded lock=%s error=%s", key, exc)
 
 
 def _release(lock: Lock, handle: RedisLockHandle) -> None:
@@ -198,8 +200,8 @@ def _release(lock: Lock, handle: RedisLockHandle) -> None:
     except LockError as exc:
         if not handle.lost:
             handle.lost, handle.lost_reason = True, f"expired before release: {exc}"
-        log.warning("redis lock was lost before release repo=%s reason=%s; the fencing token "
-                    "guards the writes made since", handle.repo_id, handle.lost_reason)
+        log.warning("redis lock of %s was lost before release reason=%s; the fencing token "
+                    "guards the writes made since", handle.name, handle.lost_reason)
     except redis.RedisError as exc:
-        log.warning("redis lock release failed repo=%s error=%s; it expires after %.1fs",
-                    handle.repo_id, exc, handle.ttl)
+        log.warning("redis lock release of %s failed error=%s; it expires after %.1fs",
+                    handle.name, exc, handle.ttl)

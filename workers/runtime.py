@@ -9,11 +9,12 @@ with none of it (:func:`os.register_at_fork`), so it never shares its parent's s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,15 +24,21 @@ from config.settings import Settings, get_settings
 from indexing.embed_cache import EmbeddingCache, SQLiteEmbeddingCache
 from indexing.embedders import Embedder, embedder_kind_for_model, make_embedder
 from indexing.errors import UsageError
+from indexing.messages import SyncRequest
 from indexing.scanner import FileFilter
 from indexing.state import SQLiteStateStore, StateStore
 from indexing.store import VectorStore
 from indexing.sync import PlanLimits
+from indexing.tree import CommitTree, SourceTree, WorkTree
 from workers import locks
 
 if TYPE_CHECKING:
     import pybreaker
     import redis
+
+    from indexing.content import ContentEncoder, ContentReader
+    from indexing.git_source import GitCredentials, GitMirror
+    from indexing.objects import ObjectStore
 
     from indexing.postgres import PgDatabase
     from workers.breakers import Dependency
@@ -83,7 +90,7 @@ class Runtime:
     @property
     def in_fleet(self) -> bool:
         """True for a fleet worker or publisher: a real broker and PostgreSQL state."""
-        return bool(self.settings.state_url) and not self.settings.eager
+        return self.settings.in_fleet
 
     @property
     def home(self) -> Path:
@@ -270,7 +277,10 @@ class Runtime:
         from indexing.lance_store import LanceDBStore  # lazy: its module pulls pyarrow (0.3 s)
 
         uri = self.settings.store_uri or str(self.home / "lancedb")
-        store: VectorStore = self._once(("lancedb", uri, collection), lambda: LanceDBStore(uri, collection))
+        remote = "://" in uri and not uri.startswith("file://")
+        store: VectorStore = self._once(("lancedb", uri, collection), lambda: LanceDBStore(
+            uri, collection, storage_options=self.s3_storage_options() if uri.startswith("s3://") else None,
+            write_lock=self._table_lock(uri, collection) if remote else None))
         if self.settings.lock_redis_url is None:
             return store
         from workers.breakers import Dependency, GuardedVectorStore  # lazy: a fleet's (pybreaker)
@@ -278,9 +288,40 @@ class Runtime:
         return self._once(("guarded-lancedb", uri, collection),
                           lambda: GuardedVectorStore(store, lambda: self.breaker(Dependency.VECTOR_STORE)))
 
+    def s3_storage_options(self) -> dict[str, str]:
+        """LanceDB's storage options for S3 from the settings (LanceDB's object-store names);
+        the standard AWS chain supplies what is not set. Every request has a timeout (5 s to
+        connect, 60 s in all, as :class:`indexing.objects.S3ObjectStore`'s), and Lance's own
+        retries stop after 3 or 30 s, so that an S3 outage, or an endpoint that accepts and
+        never answers, fails the call within a task's time limit; the breaker and Celery's
+        retries handle the rest."""
+        s = self.settings
+        options = {"aws_endpoint": s.s3_endpoint_url, "aws_region": s.s3_region,
+                   "connect_timeout": "5s", "timeout": "60s", "client_max_retries": "3", "client_retry_timeout": "30",
+                   "aws_access_key_id": s.s3_access_key_id,
+                   "aws_secret_access_key": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None}
+        if s.s3_endpoint_url and s.s3_endpoint_url.startswith("http://"):
+            options["allow_http"] = "true"
+        return {k: v for k, v in options.items() if v}
+
+    def _table_lock(self, uri: str, collection: str) -> Callable[[], AbstractContextManager] | None:
+        """The write lock of a table that several machines write: a Redis lock per table (a
+        file lock cannot cross machines); None without Redis (one writer, the embedded mode)."""
+        if self.redis is None:
+            return None
+        key = table_lock_key(uri, collection)
+        s = self.settings
+        return lambda: locks.redis_lock(self.redis, key, what=f"table {collection} at {uri}", ttl=s.lock_ttl,
+                                        timeout=s.lock_timeout, holder=self.shard_id)
+
     @property
     def embedding_cache(self) -> EmbeddingCache:
-        """The embedding cache: SQLite file ``embeddings.sqlite`` in the index home."""
+        """The embedding cache: in PostgreSQL when the state is (a fleet's workers share it),
+        else the SQLite file ``embeddings.sqlite`` in the index home."""
+        if self.settings.state_url:
+            from indexing.pg_cache import PostgresEmbeddingCache  # lazy: psycopg_pool only in a fleet
+
+            return self._once(("embedding-cache",), lambda: PostgresEmbeddingCache(self.postgres()))
         path = self.home / "embeddings.sqlite"
         return self._once(("embedding-cache", str(path)), lambda: SQLiteEmbeddingCache(path))
 
@@ -308,15 +349,133 @@ class Runtime:
         return self._once(("embedder", kind, dimension, batch),
                           lambda: make_embedder(kind, hashing_dimension=dimension, batch_size=batch))
 
-    def file_filter(self, root: Path) -> FileFilter:
-        """The include/exclude/.gitignore filter for repository ``root``; the index home is excluded."""
+    def file_filter(self, tree: SourceTree | Path) -> FileFilter:
+        """The include/exclude/.gitignore filter for ``tree`` (a work tree's root, or a tree of
+        ``indexing.tree``); an index home inside a work tree is excluded."""
         s = self.settings
+        if isinstance(tree, WorkTree):
+            tree = tree.root
         extra = []
-        try:
-            extra.append(self.home.resolve().relative_to(Path(root).resolve()).parts[0])
-        except (ValueError, IndexError, UsageError):
-            pass
-        return FileFilter(root, s.include, s.exclude, s.use_gitignore, extra_excluded_dirs=extra)
+        if isinstance(tree, Path):
+            try:
+                extra.append(self.home.resolve().relative_to(Path(tree).resolve()).parts[0])
+            except (ValueError, IndexError, UsageError):
+                pass
+        return FileFilter(tree, s.include, s.exclude, s.use_gitignore, extra_excluded_dirs=extra)
+
+    # repositories by URL, object storage, content strategies
+
+    @property
+    def data_dir(self) -> Path:
+        """Where this worker keeps its repositories' clones and its caches (``CODEINDEX_DATA_DIR``;
+        default ``/data/repos`` in a fleet, seed 002's volume per pod, ``<home>/repos`` embedded)."""
+        if self.settings.data_dir is not None:
+            return Path(self.settings.data_dir)
+        return Path("/data/repos") if self.in_fleet else self.home / "repos"
+
+    @property
+    def git_credentials(self) -> GitCredentials | None:
+        """The git credentials of the settings, read once: an HTTPS token from
+        ``CODEINDEX_GIT_TOKEN_FILE`` or ``CODEINDEX_GIT_TOKEN`` (one of them), an SSH key at
+        ``CODEINDEX_GIT_SSH_KEY``; None without. Raises UsageError for both token settings or
+        an empty token, RepositoryError for a file that cannot be read."""
+        from indexing.git_source import GitCredentials  # lazy: only for repositories by URL
+
+        s = self.settings
+        if not (s.git_token_file or s.git_token or s.git_ssh_key):
+            return None
+        if s.git_token_file and s.git_token:
+            raise UsageError("set CODEINDEX_GIT_TOKEN_FILE or CODEINDEX_GIT_TOKEN, not both")
+
+        def read() -> GitCredentials:
+            credentials = GitCredentials.from_files(s.git_token_file, s.git_ssh_key)
+            if s.git_token is None:
+                return credentials
+            token = s.git_token.get_secret_value().strip()
+            if not token:
+                raise UsageError("CODEINDEX_GIT_TOKEN is empty")
+            return GitCredentials(token=token, ssh_key_path=credentials.ssh_key_path)
+
+        return self._once(("git-credentials",), read)
+
+    def mirror(self, repo_id: str, url: str, branch: str) -> GitMirror:
+        """The owner's clone of ``repo_id`` (``<data_dir>/<name>.git``)."""
+        from indexing.git_source import GitMirror, repo_dir_name  # lazy: only for repositories by URL
+
+        return GitMirror(self.data_dir / f"{repo_dir_name(repo_id)}.git", url, branch=branch,
+                         credentials=self.git_credentials, timeout_s=self.settings.clone_timeout)
+
+    def open_tree(self, request: SyncRequest) -> AbstractContextManager[SourceTree]:
+        """The files ``request`` syncs (``indexing.sync.SyncEnvironment.open_tree``): the work tree
+        at its root, or for a repository added by URL the owner's clone, fetched (cloned the first
+        time) and read at the branch's head. Raises RepositoryError, StoreError (from git)."""
+        if not request.url:
+            return nullcontext(WorkTree(Path(request.root)))
+        from indexing.git_source import GitTree  # lazy: only for repositories by URL
+
+        mirror = self.mirror(request.repo_id, request.url, request.branch or "main")
+        head = mirror.fetch()
+        return CommitTree(GitTree(mirror.path, head))
+
+    @property
+    def object_store(self) -> ObjectStore | None:
+        """The object store: ``CODEINDEX_OBJECT_STORE_URI`` (``s3://bucket/prefix`` or a directory),
+        in the embedded mode by default ``<home>/objects``; None in a fleet without one (no disk
+        is shared, so a local default would serve no other worker)."""
+        from indexing.objects import LocalObjectStore, object_store_from_uri  # lazy: boto3
+
+        s = self.settings
+        uri = s.object_store_uri
+        if uri is None:
+            if self.in_fleet:
+                return None
+            return self._once(("objects", "local"), lambda: LocalObjectStore(self.home / "objects"))
+        return self._once(("objects", uri), lambda: object_store_from_uri(uri, **self.s3_client_options()))
+
+    def s3_client_options(self) -> dict[str, object]:
+        """The S3 client's settings (``indexing.objects.S3ObjectStore``'s keywords)."""
+        s = self.settings
+        return {"endpoint_url": s.s3_endpoint_url, "region": s.s3_region, "access_key": s.s3_access_key_id,
+                "secret_key": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None}
+
+    def _object_guard(self) -> Callable:
+        """Runs an object-storage call through the ``object_storage`` breaker (a fleet's)."""
+        if self.settings.lock_redis_url is None:
+            return lambda call: call()
+        from workers.breakers import Dependency, call_through  # lazy: a fleet's (pybreaker)
+
+        return lambda call: call_through(self.breaker(Dependency.OBJECT_STORAGE), call)
+
+    def content_encoder(self, request: SyncRequest) -> ContentEncoder | None:
+        """The owner's content encoder for ``request`` (``indexing.content``), or None for schema v1
+        batches: a repository added by path in the embedded mode (the reader is this process), or
+        ``CODEINDEX_CONTENT_STRATEGY=path`` (a fleet sharing the repositories' disk)."""
+        from indexing.content import ContentEncoder, ContentPolicy  # lazy: boto3, git
+
+        s = self.settings
+        if not request.url and (s.content_strategy == "path" or not self.in_fleet):
+            return None
+        policy = ContentPolicy(s.content_strategy, s.inline_max_file_bytes, s.inline_max_batch_bytes, s.presign_expiry)
+        return ContentEncoder(policy, self.object_store, repo_id=request.repo_id, git_url=request.url,
+                              branch=request.branch, guard=self._object_guard())
+
+    @property
+    def content_reader(self) -> ContentReader:
+        """The reader's side of the content strategies: this worker's object store client, its
+        download cache (``<data_dir>/.cache/downloads``) and clone cache (``<data_dir>/.cache/clones``)."""
+        from indexing.content import CloneCache, ContentReader, DownloadCache  # lazy: boto3, git
+
+        s = self.settings
+
+        def make() -> ContentReader:
+            cache = self.data_dir / ".cache"
+            return ContentReader(objects=self.object_store, downloads=DownloadCache(cache / "downloads",
+                                                                                    s.download_cache_bytes),
+                                 clones=CloneCache(cache / "clones", s.clone_cache_bytes,
+                                                   credentials=self.git_credentials, timeout_s=s.clone_timeout),
+                                 guard=self._object_guard(), timeout_s=s.download_timeout)
+
+        return self._once(("content-reader",), make, closes=True)
 
 
 _lock = threading.Lock()
@@ -324,6 +483,12 @@ _current: Runtime | None = None
 #: Runtimes a forked child inherited. They are kept, never used: letting them be collected
 #: would run their connection pools' finalisers on the parent's sockets and threads.
 _inherited: list[Runtime] = []
+
+
+def table_lock_key(uri: str, collection: str) -> str:
+    """The Redis key of the write lock of table ``collection`` of the store at ``uri`` (a
+    store that several machines write, LanceDB on S3): every upsert and delete holds it."""
+    return f"codeindex:lock:table:{hashlib.sha256(uri.encode()).hexdigest()[:16]}:{collection}"
 
 
 def shard_runs_key(shard_id: str) -> str:

@@ -8,6 +8,7 @@ import multiprocessing
 import socket
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -201,12 +202,31 @@ def test_repo_stats(store):
     store.commit_files("b-repo", fence, [state("x.py", fence, size=10, chunks=2),
                                          state("y.py", fence, size=5_000_000_000, chunks=3)], [], "c9")
     store.grant_fence("a-repo", "/src/a", "code")
-    assert store.repo_stats() == [
+    stats = store.repo_stats()
+    indexed_at = stats[1].indexed_at
+    assert indexed_at is not None and datetime.fromisoformat(indexed_at) > datetime.now(UTC) - timedelta(minutes=1)
+    assert stats == [
         RepoStats(repo_id="a-repo", root="/src/a", collection="code", last_commit=None, files=0, chunks=0, bytes=0),
         RepoStats(repo_id="b-repo", root="/src/b", collection="code", last_commit="c9", files=2, chunks=5,
-                  bytes=5_000_000_010),
+                  bytes=5_000_000_010, indexed_at=indexed_at),
     ]
     assert all(type(getattr(row, k)) is int for row in store.repo_stats() for k in ("files", "chunks", "bytes"))
+
+
+def test_a_repository_added_by_url_keeps_its_source_through_syncs(store):
+    store.set_source("flask", "code", "https://example.com/pallets/flask.git", "main")
+    record = store.get_repo("flask")
+    assert (record.url, record.branch, record.root, record.fence, record.last_commit) == \
+        ("https://example.com/pallets/flask.git", "main", "", 0, None)
+    fence = store.grant_fence("flask", "", "code")
+    assert fence == 1
+    store.commit_files("flask", fence, [state("app.py", fence)], [], "c1")
+    store.set_source("flask", "code", "https://example.com/pallets/flask.git", "stable")  # a new branch
+    record = store.get_repo("flask")
+    assert (record.url, record.branch, record.last_commit, record.committed_fence) == \
+        ("https://example.com/pallets/flask.git", "stable", "c1", 1)
+    [row] = store.repo_stats()
+    assert (row.url, row.branch, row.files) == ("https://example.com/pallets/flask.git", "stable", 1)
 
 
 def pg_tables(dsn: str) -> list[str]:
@@ -371,7 +391,8 @@ def test_postgres_store_outputs_match_sqlite_shapes(postgres_dsn, tmp_path):
         s.start_run(RunRecord(id="run", repo_id="r", trigger="cli", started_at=TS))
         s.record_failure("run", "task", {"k": 1}, "err")
         failure = s.failures()[0]
-        views.append((asdict(s.get_run("run")), s.repo_stats(), s.file_states("r", ["a.py"]), s.get_repo("r"),
+        stats = [replace(r, indexed_at=type(r.indexed_at)) for r in s.repo_stats()]  # times differ, types may not
+        views.append((asdict(s.get_run("run")), stats, s.file_states("r", ["a.py"]), s.get_repo("r"),
                       {k: type(v) for k, v in asdict(failure).items()}, replace(failure, created_at="")))
     assert views[0] == views[1]
     stores[1].close()
