@@ -76,27 +76,29 @@ class Fleet:
     # processes
 
     def _spawn(self, args: list[str], log_name: str, extra_env: dict | None = None,
-               prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+               prefix: tuple[str, ...] = (), cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{log_name}.log", "ab")
         return subprocess.Popen([*prefix, CLI, *args], env={**self.env, **(extra_env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
 
     def start_worker(self, shard_id: str, capacity: int = 100, concurrency: int = 1, wait: bool = True,
-                     extra_env: dict | None = None, permissions: bool = False) -> subprocess.Popen:
+                     extra_env: dict | None = None, permissions: bool = False, prefix: tuple[str, ...] = (),
+                     cwd: Path | None = None) -> subprocess.Popen:
         """Start ``codeindex worker``; ``permissions``: without the power to ignore file
-        permissions (as any user but root runs), so that a test can make a directory read-only."""
-        prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search") \
-            if permissions and os.geteuid() == 0 else ()
+        permissions (as any user but root runs), so that a test can make a directory read-only;
+        ``prefix``: a command the worker runs under (a tracer); ``cwd``: its working directory."""
+        if permissions and os.geteuid() == 0:
+            prefix = (*prefix, "setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search")
         proc = self._spawn(["worker", "--shard-id", shard_id, "--capacity", str(capacity), "-c", str(concurrency),
-                            "--loglevel", "INFO"], f"worker-{shard_id}", extra_env, prefix)
+                            "--loglevel", "INFO"], f"worker-{shard_id}", extra_env, prefix, cwd)
         self.workers[shard_id] = proc
         if wait:
             wait_for(lambda: self.shard_status(shard_id) == "active" and self.consuming(shard_id), 60,
                      f"worker {shard_id} to register and consume")
         return proc
 
-    def start_beat(self, name: str = "beat") -> subprocess.Popen:
-        proc = self._spawn(["beat", "--loglevel", "INFO"], name)
+    def start_beat(self, name: str = "beat", extra_env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        proc = self._spawn(["beat", "--loglevel", "INFO"], name, extra_env, cwd=cwd)
         self.beats.append(proc)
         return proc
 
