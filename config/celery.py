@@ -85,7 +85,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "redis_backend_health_check_interval": 30,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "result_expires": settings.result_expires,
-        "result_extended": True,
+        # Not extended: an extended result stores the task's arguments beside it for
+        # result_expires, and an embedding batch's arguments carry up to 5 MB of file content
+        # (schema 2, inline): 1,000 files of 10 MB left 38 MB in Redis for a day. Flower takes
+        # names and arguments from the task events, not from results.
+        "result_extended": False,
         "task_track_started": True,
         "worker_send_task_events": True,  # Flower
         "task_send_sent_event": True,
