@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -57,21 +58,43 @@ def _read_input(changes: Path | None) -> str:
     return sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
 
 
-def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
-              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool,
-              allowed: list[Path]):
-    """Build the sync requests for the chosen change source (one per repository)."""
-    from indexing.changes import listed_repository, parse_json_changes, parse_lines, parse_nul  # lazy: see cli.common
-    from indexing.messages import SyncRequest  # lazy: likewise
-
+def _source(*, stdin: bool, changes: Path | None, detect: bool, scan_all: bool, default: Callable[[], str]) -> str:
+    """The change source the options choose: ``detect``, ``all`` or ``paths`` (``--stdin`` and
+    ``--changes`` both list paths); ``default()`` when none is chosen. Raises UsageError for two."""
     chosen = [name for name, on in (("--stdin", stdin), ("--changes", changes is not None),
                                     ("--detect-changes", detect), ("--all", scan_all)) if on]
     if len(chosen) > 1 and set(chosen) != {"--stdin", "--changes"}:
         raise UsageError(f"choose one change source, not {' and '.join(chosen)}")
-    if not chosen:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("nothing to sync: pipe paths into --stdin, or pass --changes FILE, --detect-changes or --all")
-        stdin = True
+    if detect:
+        return "detect"
+    if scan_all:
+        return "all"
+    return "paths" if chosen else default()
+
+
+def _piped_paths() -> str:
+    """A work tree's default change source: the paths piped into standard input."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("nothing to sync: pipe paths into --stdin, or pass --changes FILE, --detect-changes or --all")
+    return "paths"
+
+
+def _listed(changes: Path | None, null: bool) -> list:
+    """The changes listed in ``changes`` (or standard input): NUL-separated with ``null``, else lines."""
+    from indexing.changes import parse_lines, parse_nul  # lazy: see cli.common
+
+    text = _read_input(changes)
+    return list(parse_nul(text) if null else parse_lines(text.split("\n")))
+
+
+def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
+              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool,
+              allowed: list[Path]):
+    """Build the sync requests for the chosen change source (one per repository)."""
+    from indexing.changes import listed_repository, parse_json_changes  # lazy: see cli.common
+    from indexing.messages import SyncRequest  # lazy: likewise
+
+    source = _source(stdin=stdin, changes=changes, detect=detect, scan_all=scan_all, default=_piped_paths)
     common = dict(collection=collection, delete_missing=delete_missing, dry_run=dry_run, force=force)
 
     def request(r: Path, rid: str, source: str, pairs=()) -> SyncRequest:
@@ -79,43 +102,35 @@ def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, 
                            changes=[(c.path, c.kind.value) for c in pairs], **common)
 
     name = repo_id or root.name
-    if detect:
-        return [request(root, name, "detect")]
-    if scan_all:
-        return [request(root, name, "all")]
-    text = _read_input(changes)
+    if source != "paths":
+        return [request(root, name, source)]
     if json_in:
-        document = parse_json_changes(text)
+        document = parse_json_changes(_read_input(changes))
         out = []
         for entry in document.repositories:  # every entry checked before anything runs
             repo_root = listed_repository(entry.path, root, allowed)
             rid = repo_id if (repo_id and len(document.repositories) == 1) else repo_root.name
             out.append(request(repo_root, rid, "paths", entry.changes()))
         return out
-    parsed = list(parse_nul(text) if null else parse_lines(text.split("\n")))
-    return [request(root, name, "paths", parsed)]
+    return [request(root, name, "paths", _listed(changes, null))]
 
 
 def _url_request(record, collection: str, *, stdin: bool, null: bool, json_in: bool, changes: Path | None,
-                 scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
+                 detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
     """The sync request of a repository added by URL: ``--all`` a full index at the branch head;
     ``--stdin``/``--changes`` the paths listed, read at the head; otherwise (the default, and
     ``--detect-changes``) what changed from the last indexed commit to the fetched head."""
-    from indexing.changes import parse_lines, parse_nul  # lazy: see cli.common
-    from indexing.messages import SyncRequest  # lazy: likewise
+    from indexing.messages import SyncRequest  # lazy: see cli.common
 
     if json_in:
         raise UsageError("a JSON change list names work trees; sync a URL repository with --all, "
                          "--detect-changes (the default) or --stdin")
-    common = dict(run_id=str(uuid.uuid4()), repo_id=record.repo_id, root="", url=record.url, branch=record.branch,
-                  collection=collection, delete_missing=delete_missing, dry_run=dry_run, force=force)
-    if scan_all:
-        return SyncRequest(source="all", **common)
-    if stdin or changes is not None:
-        text = _read_input(changes)
-        parsed = parse_nul(text) if null else parse_lines(text.split("\n"))
-        return SyncRequest(source="paths", changes=[(c.path, c.kind.value) for c in parsed], **common)
-    return SyncRequest(source="detect", **common)
+    source = _source(stdin=stdin, changes=changes, detect=detect, scan_all=scan_all, default=lambda: "detect")
+    listed = _listed(changes, null) if source == "paths" else []
+    return SyncRequest(run_id=str(uuid.uuid4()), repo_id=record.repo_id, root="", url=record.url,
+                       branch=record.branch, collection=collection, source=source,
+                       changes=[(c.path, c.kind.value) for c in listed], delete_missing=delete_missing,
+                       dry_run=dry_run, force=force)
 
 
 def _send(request):
@@ -216,8 +231,8 @@ def sync(
     record = runtime().readonly_state().get_repo(repo) if repo and root is None else None
     if record is not None and record.url:
         requests = [_url_request(record, settings.collection, stdin=stdin, null=null, json_in=json_mode,
-                                 changes=changes, scan_all=scan_all, delete_missing=delete_missing,
-                                 dry_run=dry_run, force=force)]
+                                 changes=changes, detect=detect_changes, scan_all=scan_all,
+                                 delete_missing=delete_missing, dry_run=dry_run, force=force)]
     else:
         requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
                              changes=changes, detect=detect_changes, scan_all=scan_all,
