@@ -385,7 +385,7 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
     the last sync (:func:`filter_fingerprint`); and every indexed path that leads through a
     symlink, whose target may have changed unnamed. A ``--detect-changes`` whose last indexed
     commit is gone from history scans the whole repository as ``--all --delete-missing`` would, and
-    so does a full scan of a repository added by URL (a commit holds every file it has).
+    so does any full scan of a complete tree (``SourceTree.complete``: a commit of a clone).
     An indexed path that is now refused (ignored, excluded, binary, oversized, undecodable, a
     symlink leading outside or nowhere) is deleted, with the reason.
 
@@ -412,9 +412,7 @@ def plan_sync(request: SyncRequest, state: StateStore, file_filter: FileFilter, 
             wanted[f"\0{n}"] = PlannedFile(path=printable(change.path), action=Action.ERROR, reason=issue.reason)
     scanned = request.source == "all" or (request.source == "detect" and bool(note))  # a full scan already
     history_gone = scanned and request.source == "detect" and bool(repo and repo.last_commit)
-    # A full scan of a commit (a repository added by URL) is the whole truth: what it lacks is
-    # gone, not missing from a work tree by accident.
-    delete_missing = request.delete_missing or history_gone or (scanned and bool(request.url))
+    delete_missing = request.delete_missing or history_gone or (scanned and tree.complete)
     refilter = bool(repo and repo.filter_fingerprint and repo.filter_fingerprint != fingerprint)
     if refilter:
         note = "; ".join(filter(None, [note, "the filter settings changed: every file is evaluated again"]))

@@ -33,6 +33,10 @@ class SourceTree(Protocol):
     @property
     def commit(self) -> str: ...
 
+    #: True when the tree is a whole commit: a file a full scan does not find is gone from the
+    #: repository, not missing from a work tree by accident (so the plan deletes it).
+    complete: bool
+
     def describe(self) -> str:
         """Where the files come from, for messages (a directory, or a clone and a commit)."""
         ...
@@ -74,6 +78,8 @@ class SourceTree(Protocol):
 class WorkTree:
     """A work tree on disk at ``root``: every read goes through the containment check
     (``indexing.paths.open_inside``); the commit is the work tree's ``HEAD``, read once."""
+
+    complete = False
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -130,6 +136,8 @@ class CommitTree:
     kinds of tree admit the same files under the same rules. Close it (or use ``with``) to stop
     its ``git cat-file`` process.
     """
+
+    complete = True
 
     def __init__(self, tree: GitTree) -> None:
         self.tree = tree
