@@ -117,7 +117,7 @@ class Moto:
         return name
 
     def store(self, bucket: str, prefix: str = "objects"):
-        from indexing.objects import S3ObjectStore
+        from indexing.s3_objects import S3ObjectStore
 
         return S3ObjectStore(bucket, prefix, endpoint_url=self.url, region=REGION, access_key=ACCESS_KEY,
                              secret_key=SECRET_KEY)

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from indexing.objects import S3ObjectStore
+from indexing.s3_objects import S3ObjectStore
 from tests.conftest import free_port
 
 #: The credentials given to moto, which accepts any: tests assert that messages never show them.

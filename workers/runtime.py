@@ -291,17 +291,16 @@ class Runtime:
     def s3_storage_options(self) -> dict[str, str]:
         """LanceDB's storage options for S3 from the settings (LanceDB's object-store names);
         the standard AWS chain supplies what is not set. Every request has a timeout (5 s to
-        connect, 60 s in all, as :class:`indexing.objects.S3ObjectStore`'s), and Lance's own
+        connect, 60 s in all, as :class:`indexing.s3_objects.S3ObjectStore`'s), and Lance's own
         retries stop after 3 or 30 s, so that an S3 outage, or an endpoint that accepts and
         never answers, fails the call within a task's time limit; the breaker and Celery's
         retries handle the rest."""
-        s = self.settings
-        options = {"aws_endpoint": s.s3_endpoint_url, "aws_region": s.s3_region,
+        client = self.s3_client_options()
+        endpoint = client["endpoint_url"]
+        options = {"aws_endpoint": endpoint, "aws_region": client["region"],
                    "connect_timeout": "5s", "timeout": "60s", "client_max_retries": "3", "client_retry_timeout": "30",
-                   "aws_access_key_id": s.s3_access_key_id,
-                   "aws_secret_access_key": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None}
-        if s.s3_endpoint_url and s.s3_endpoint_url.startswith("http://"):
-            options["allow_http"] = "true"
+                   "aws_access_key_id": client["access_key"], "aws_secret_access_key": client["secret_key"],
+                   "allow_http": "true" if endpoint and endpoint.startswith("http://") else None}
         return {k: v for k, v in options.items() if v}
 
     def _table_lock(self, uri: str, collection: str) -> Callable[[], AbstractContextManager] | None:
@@ -422,7 +421,7 @@ class Runtime:
         """The object store: ``CODEINDEX_OBJECT_STORE_URI`` (``s3://bucket/prefix`` or a directory),
         in the embedded mode by default ``<home>/objects``; None in a fleet without one (no disk
         is shared, so a local default would serve no other worker)."""
-        from indexing.objects import LocalObjectStore, object_store_from_uri  # lazy: boto3
+        from indexing.objects import LocalObjectStore  # lazy: only where content travels
 
         s = self.settings
         uri = s.object_store_uri
@@ -430,10 +429,12 @@ class Runtime:
             if self.in_fleet:
                 return None
             return self._once(("objects", "local"), lambda: LocalObjectStore(self.home / "objects"))
+        from indexing.s3_objects import object_store_from_uri  # lazy: boto3 (0.15 s), for a configured store only
+
         return self._once(("objects", uri), lambda: object_store_from_uri(uri, **self.s3_client_options()))
 
-    def s3_client_options(self) -> dict[str, object]:
-        """The S3 client's settings (``indexing.objects.S3ObjectStore``'s keywords)."""
+    def s3_client_options(self) -> dict[str, str | None]:
+        """The S3 client's settings (``indexing.s3_objects.S3ObjectStore``'s keywords)."""
         s = self.settings
         return {"endpoint_url": s.s3_endpoint_url, "region": s.s3_region, "access_key": s.s3_access_key_id,
                 "secret_key": s.s3_secret_access_key.get_secret_value() if s.s3_secret_access_key else None}

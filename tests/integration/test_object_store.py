@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from indexing.errors import ObjectNotFoundError, StoreError, UsageError
-from indexing.objects import LocalObjectStore, ObjectStore, S3ObjectStore, object_store_from_uri, sha256_file
+from indexing.objects import LocalObjectStore, ObjectStore, sha256_file
+from indexing.s3_objects import S3ObjectStore, object_store_from_uri
 from tests.conftest import free_port
 from tests.s3 import MOTO_ACCESS_KEY, MOTO_SECRET_KEY, s3_server, s3_store  # noqa: F401 (fixtures)
 
