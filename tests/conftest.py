@@ -86,6 +86,20 @@ def sync(root: Path, source: str = "paths", changes=(), repo_id: str = "repo", *
     return plan.apply_async(args=[request.model_dump(mode="json")]).get(disable_sync_subtasks=False)
 
 
+def join_processes(procs, errors, timeout: float) -> list[str]:
+    """Wait up to ``timeout`` seconds for each of ``procs`` (multiprocessing processes), kill
+    any still running, and return the messages they put on the queue ``errors``."""
+    for proc in procs:
+        proc.join(timeout=timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    return messages
+
+
 def export_index(home: Path | None = None) -> list[dict]:
     """Every object of the current index, sorted by id (the ``codeindex export`` view)."""
     from config.settings import get_settings

@@ -34,6 +34,7 @@ import pytest
 
 from indexing.embed_cache import SQLiteEmbeddingCache
 from indexing.pg_cache import PostgresEmbeddingCache
+from tests.conftest import join_processes
 
 DIMENSION = 16
 
@@ -213,14 +214,7 @@ def test_two_processes_putting_the_same_keys_at_once(caches: Caches):
             barrier.wait(timeout=60)
             time.sleep(1.0)  # both puts reach the middle key and wait for it
     finally:
-        for proc in procs:
-            proc.join(timeout=90)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    messages = []
-    while not errors.empty():
-        messages.append(errors.get())
+        messages = join_processes(procs, errors, timeout=90)
     assert [p.exitcode for p in procs] == [0, 0], "\n".join(messages)
     assert stored_rows(caches.kind, caches.where, caches.model) == count
     candidates = [vectors(race, seed=100 + i) for i in (0, 1)]

@@ -40,6 +40,7 @@ import pytest
 from indexing.errors import LockTimeoutError, StoreError
 from indexing.lance_store import LanceDBStore
 from indexing.store import VectorObject
+from tests.conftest import join_processes
 from tests.s3 import S3Endpoint, s3_server  # noqa: F401 - the session fixture, used by name
 
 KEYS = 300
@@ -104,15 +105,7 @@ def race(endpoint: S3Endpoint, redis_url: str | None) -> dict:
                  for fence in (1, 2, 3)]
         for proc in procs:
             proc.start()
-        for proc in procs:
-            proc.join(timeout=240)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        messages = []
-        while not errors.empty():
-            messages.append(errors.get())
+        messages = join_processes(procs, errors, timeout=240)
         rows = list(LanceDBStore(uri, COLLECTION, storage_options=options).export())
         counts = Counter(r["id"] for r in rows)
         return {"exitcodes": [p.exitcode for p in procs], "errors": messages, "rows": len(rows), "keys": len(counts),
