@@ -107,6 +107,8 @@ def test_sync_all_and_stdin_read_the_fetched_head_not_a_work_tree(history, cwd, 
     summary = json.loads(run(cwd, home, "sync", "--repo", "lib", "--stdin", "--format", "json", stdin=listed).stdout)
     assert {f["path"]: f["action"] for f in summary["files"]} == {"kombu/clocks.py": "UNCHANGED", "brand_new.py": "ADD"}
     assert summary["commit"] == history.commits[-1] != first
+    both = run(cwd, home, "sync", "--repo", "lib", "--all", "--stdin", stdin=listed, check=False)
+    assert both.returncode == 2 and "choose one change source, not --stdin and --all" in both.stderr, both.stderr
     full = json.loads(run(cwd, home, "sync", "--repo", "lib", "--all", "--format", "json").stdout)
     assert full["errors"] == 0 and full["commit"] == history.commits[-1]
     assert_exact(cwd, home, history, history.commits[-1], tmp_path)
