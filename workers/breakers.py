@@ -24,6 +24,7 @@ from indexing.errors import (
     ObjectNotFoundError,
     RefusedError,
     StaleFenceError,
+    StoreError,
     UsageError,
 )
 from indexing.store import SearchHit, StoredChunk, VectorObject, VectorStore
@@ -114,6 +115,15 @@ def unavailable(cb: pybreaker.CircuitBreaker) -> DependencyUnavailableError:
     )
 
 
+def _open_for_now(cb: pybreaker.CircuitBreaker) -> bool:
+    """True while ``cb`` is open and its reset timeout has not passed (after it, pybreaker lets
+    the next call through as the half-open trial)."""
+    if cb.current_state != pybreaker.STATE_OPEN:
+        return False
+    opened_at = cb._state_storage.opened_at  # pybreaker keeps no public accessor for it
+    return opened_at is not None and datetime.now(UTC) < opened_at + timedelta(seconds=cb.reset_timeout)
+
+
 BreakerSource = Callable[[], pybreaker.CircuitBreaker]
 
 
@@ -123,7 +133,7 @@ class GuardedVectorStore:
     ``breaker`` gives the breaker to call through, asked on every call (the runtime's, which
     is set up again when Redis could not be reached before). Each protocol method is wrapped
     explicitly (no ``__getattr__``), so a method added to the protocol fails type checking here
-    until it is guarded too. ``ensure_collection`` is the one exception (see there).
+    until it is guarded too. ``ensure_collection`` counts failures only (see there).
     """
 
     def __init__(self, store: VectorStore, breaker: BreakerSource) -> None:
@@ -131,10 +141,25 @@ class GuardedVectorStore:
         self._breaker = breaker
 
     def ensure_collection(self, dimension: int) -> None:
-        """Not through the breaker: it is mostly answered from the open table handle without
-        touching the store, and such a "success" would reset the failure count between the
-        failing upserts that follow it, so the breaker would never open."""
-        self._store.ensure_collection(dimension)
+        """Through the breaker for its failures only: it reads the store (the latest version
+        of the table, which may have been dropped), so with the store down it is the call that
+        fails, and uncounted it would keep the breaker closed. Its successes are not counted:
+        a read that works would reset the failure count between the failing upserts that
+        follow it (a store refusing writes), and the breaker would never open. While the
+        breaker is open it fails at once, without touching the store."""
+        breaker = self._breaker()
+        if _open_for_now(breaker):
+            raise unavailable(breaker)
+        try:
+            self._store.ensure_collection(dimension)
+        except StoreError as exc:
+            failure = exc
+
+            def fail() -> None:
+                raise failure
+
+            call_through(breaker, fail)  # counts it (excluded errors are not) and raises it, or the open breaker
+            raise  # not reached
 
     def upsert(self, objects: Sequence[VectorObject]) -> int:
         return call_through(self._breaker(), self._store.upsert, objects)

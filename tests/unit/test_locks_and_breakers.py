@@ -199,6 +199,36 @@ def test_an_open_breaker_closes_after_a_successful_trial(client) -> None:
     assert client.get("codeindex:vector_store:pybreaker:state") == b"closed"
 
 
+def test_a_store_down_at_ensure_collection_opens_the_breaker_and_its_successes_do_not_reset_it(client) -> None:
+    """ensure_collection reads the store: with the store down it is the call that fails, so its
+    failures count (the breaker opens, then it fails without calling the store); a working
+    ensure_collection between failing upserts (a store refusing writes) does not reset the count."""
+    store = _FlakyStore(down=True)
+    cb = make_breaker(Dependency.VECTOR_STORE, client, fail_max=2, reset_timeout=60)
+    guarded_store = GuardedVectorStore(store, lambda: cb)
+    with pytest.raises(StoreError) as first:
+        guarded_store.ensure_collection(4)
+    assert type(first.value) is StoreError and cb.fail_counter == 1
+    with pytest.raises(DependencyUnavailableError):
+        guarded_store.ensure_collection(4)
+    with pytest.raises(DependencyUnavailableError):
+        guarded_store.ensure_collection(4)
+    assert store.ensured == 2  # the open breaker did not call the store
+    cb.reset_timeout = 0.5  # once the reset timeout has passed, the next call is the trial
+    time.sleep(0.6)
+    store.down = False
+    guarded_store.ensure_collection(4)
+    assert store.ensured == 3
+    writes_refused = _FlakyStore(down=False)
+    cb = make_breaker(Dependency.VECTOR_STORE, fakeredis.FakeRedis(), fail_max=2, reset_timeout=60)
+    guarded_store = GuardedVectorStore(writes_refused, lambda: cb)
+    for _ in range(2):
+        guarded_store.ensure_collection(4)
+        with pytest.raises((StoreError, DependencyUnavailableError)):
+            guarded_store.upsert([_vector_object(0)])
+    assert cb.current_state == pybreaker.STATE_OPEN
+
+
 @pytest.mark.parametrize("answer", [
     StaleFenceError("older fence"),
     MassDeleteError.for_counts(9, 10, 0.5),
@@ -280,10 +310,21 @@ def test_guarded_embedder_opens_the_embedder_breaker(client) -> None:
 
 
 class _FlakyStore:
-    """A stand-in for a vector store whose ``count`` fails while ``down``."""
+    """A stand-in for a vector store whose ``count`` and ``ensure_collection`` fail while
+    ``down``, and which refuses every upsert."""
 
     def __init__(self, down: bool = False) -> None:
-        self.down, self.calls = down, 0
+        self.down, self.calls, self.ensured = down, 0, 0
+
+    def ensure_collection(self, dimension: int) -> None:
+        """Reads the store: fails while ``down``."""
+        self.ensured += 1
+        if self.down:
+            raise StoreError("vector store unreachable")
+
+    def upsert(self, objects) -> int:
+        """Always refused (a store that reads but refuses writes)."""
+        raise StoreError("vector store refuses writes")
 
     def count(self, repo: str | None = None) -> int:
         self.calls += 1
