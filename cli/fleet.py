@@ -1,4 +1,4 @@
-"""The fleet's commands: ``worker``, ``beat``, ``repo``, ``shards``, ``failures``, ``metrics``.
+"""The fleet's commands: ``worker``, ``beat``, ``flower``, ``repo``, ``shards``, ``failures``, ``metrics``.
 
 A fleet is the same code with Redis as broker (CODEINDEX_BROKER_URL=redis://...), a Redis
 result backend, PostgreSQL for state and registry (CODEINDEX_STATE_URL=postgresql://...), and
@@ -95,6 +95,34 @@ def beat(loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Lo
     app.conf.update(beat_config(settings, settings.lock_redis_url))
     app.Beat(loglevel=loglevel.value, scheduler=app.conf.beat_scheduler,
              max_interval=app.conf.beat_max_loop_interval).run()
+
+
+def flower(
+    address: Annotated[str, typer.Option("--address", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 5555,
+    url_prefix: Annotated[Optional[str], typer.Option("--url-prefix", help="Serve under this path (behind a "
+                                                      "reverse proxy), e.g. flower for /flower/.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Start without authentication: anyone who "
+                                           "reaches the port sees every task's arguments and can stop workers.")] = False,
+    loglevel: Annotated[LogLevel, typer.Option("--loglevel", "-l", help="Log level.")] = LogLevel.INFO,
+) -> None:
+    """Run Flower on the fleet's broker: every task under its stable name, behind basic auth
+    (CODEINDEX_FLOWER_BASIC_AUTH_FILE or CODEINDEX_FLOWER_BASIC_AUTH) or Flower's OAuth
+    (CODEINDEX_FLOWER_AUTH and the rest); without any it refuses to start unless --insecure.
+
+    Flower's /metrics and /healthcheck answer without authentication: keep its port behind a
+    network policy. Other Flower options: its FLOWER_* variables (FLOWER_MAX_TASKS, ...).
+    How Flower is run, and why: :mod:`workers.flower`.
+    """
+    settings = fleet_settings("codeindex flower")
+    from workers import flower as flower_process  # lazy: see cli.common
+
+    environment = flower_process.auth_environment(settings)
+    if not environment and not insecure:
+        raise UsageError(flower_process.NO_AUTH)
+    log_at(loglevel)
+    flower_process.run(address=address, port=port, url_prefix=url_prefix, environment=environment,
+                       loglevel=loglevel.value)
 
 
 @repo_app.command("add")
@@ -330,6 +358,7 @@ def register(app: typer.Typer) -> None:
     """Add the fleet commands to the ``codeindex`` app."""
     app.command()(worker)
     app.command()(beat)
+    app.command()(flower)
     app.command()(metrics)
     app.add_typer(repo_app, name="repo")
     app.add_typer(shards_app, name="shards")

@@ -150,6 +150,38 @@ class Settings(BaseSettings):
                                         "CODEINDEX_GIT_TOKEN_FILE is safer: an environment is easier to leak.")
     git_ssh_key: Path | None = Field(default=None, description="SSH private key for git URLs.")
 
+    # `codeindex flower`: who may look (Flower's own --basic-auth and --auth/OAuth options, from
+    # Flower's docs, "Authentication"); each also read from Flower's FLOWER_* name, so that an
+    # operator's Flower environment counts as configured authentication.
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_BASIC_AUTH", "FLOWER_BASIC_AUTH",
+                                                    "flower_basic_auth"),
+        description="Flower's HTTP basic auth: user:password[,user2:password2] (never logged; also "
+        "FLOWER_BASIC_AUTH). CODEINDEX_FLOWER_BASIC_AUTH_FILE is safer: an environment is easier to leak.")
+    flower_basic_auth_file: Path | None = Field(
+        default=None, description="File of Flower's basic-auth users, one user:password a line (a secret).")
+    flower_auth: str | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_AUTH", "FLOWER_AUTH", "flower_auth"),
+        description="Flower's OAuth: the e-mail addresses allowed in (a regular expression: Flower's --auth; "
+        "also FLOWER_AUTH).")
+    flower_auth_provider: str | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_AUTH_PROVIDER", "FLOWER_AUTH_PROVIDER",
+                                                    "flower_auth_provider"),
+        description="Flower's OAuth login handler, e.g. flower.views.auth.GithubLoginHandler (also "
+        "FLOWER_AUTH_PROVIDER).")
+    flower_oauth2_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_OAUTH2_KEY", "FLOWER_OAUTH2_KEY",
+                                                    "flower_oauth2_key"),
+        description="Flower's OAuth client id (also FLOWER_OAUTH2_KEY).")
+    flower_oauth2_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_OAUTH2_SECRET", "FLOWER_OAUTH2_SECRET",
+                                                    "flower_oauth2_secret"),
+        description="Flower's OAuth client secret (never logged; also FLOWER_OAUTH2_SECRET).")
+    flower_oauth2_redirect_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("CODEINDEX_FLOWER_OAUTH2_REDIRECT_URI",
+                                                    "FLOWER_OAUTH2_REDIRECT_URI", "flower_oauth2_redirect_uri"),
+        description="Flower's OAuth callback, https://<flower>/login (also FLOWER_OAUTH2_REDIRECT_URI).")
+
     _split_include = field_validator("include", "exclude", "allowed_roots", mode="before")(_split_globs)
 
     @property

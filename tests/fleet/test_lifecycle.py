@@ -135,39 +135,3 @@ def test_metrics_report_the_fleet(fleet, tmp_path: Path) -> None:
     assert 'codeindex_queue_depth{queue="shard.a"} 0.0' in text
     assert "codeindex_rebalance_count 0.0" in text
     assert "codeindex_fleet_up 1.0" in text
-
-
-def test_flower_shows_every_task_under_its_stable_name(fleet, tmp_path: Path) -> None:
-    import shutil
-    import subprocess
-    import sys
-    import urllib.request
-
-    from tests.conftest import free_port
-
-    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent))
-    port = free_port()
-    log = open(fleet.logs / "flower.log", "ab")
-    flower = subprocess.Popen([celery_bin, "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"],
-                              env={**fleet.env, "FLOWER_UNAUTHENTICATED_API": "true"}, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    fleet.beats.append(flower)  # stopped with the rest
-
-    def tasks() -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as response:
-                return json.loads(response.read())
-        except (OSError, ValueError):
-            return None
-
-    wait_for(lambda: tasks() is not None, 30, "flower's API")
-    fleet.start_worker("a")
-    time.sleep(2)  # flower subscribes to the worker's events
-    root = make_repo(tmp_path, "watched", 10, 6)
-    fleet.sync(root, "--all")
-    # The plan replaces itself with the chord whose body keeps its task id (Task.replace), so
-    # Flower, which keys tasks by id, shows that id as codeindex.sync.commit once it ran.
-    names = wait_for(lambda: {t.get("name") for t in (tasks() or {}).values()} >= {
-        "codeindex.embed.batch", "codeindex.sync.commit"} and
-        {t.get("name") for t in tasks().values()}, 30, "flower to see the sync's tasks")
-    assert all(name and name.startswith("codeindex.") for name in names), names
