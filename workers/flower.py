@@ -1,8 +1,13 @@
 """Flower, the fleet's task monitor, run in this process with authentication from the settings.
 
-``codeindex flower`` runs it: Flower's own Celery sub-command (``celery -A workers flower``) on
-the codeindex Celery app, with its users handed over in Flower's ``FLOWER_*`` environment
-variables rather than on the command line, where ``ps`` would show them.
+``codeindex flower`` runs Flower's own Celery sub-command (what ``celery -A workers flower``
+runs) in its own process, on the codeindex Celery app, through ``app.start`` as the worker runs
+``app.worker_main``; not a ``celery flower`` subprocess. One process: SIGTERM (a pod stopping)
+reaches Flower's handler directly and its exit status is the command's; no second interpreter
+to start; and the users, handed over in Flower's ``FLOWER_*`` environment variables (Flower's
+docs, "Configuration": every option also reads as ``FLOWER_<OPTION>``), are set inside this
+process after it started, so they are neither on a command line that ``ps`` shows nor in a
+child's start environment (``/proc/<pid>/environ``).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_flower_behind_basic_auth_shows_the_sync_tasks(fleet, tmp_path: Path) ->
     for pid_file in (f"/proc/{flower.pid}/cmdline", f"/proc/{flower.pid}/environ"):
         assert password.encode() not in Path(pid_file).read_bytes(), pid_file
     flower.terminate()
-    flower.wait(timeout=20)
+    assert flower.wait(timeout=20) == 0  # Flower's SIGTERM handler: a clean exit
     logs = {log.name: log.read_text(errors="replace") for log in fleet.logs.glob("*.log")}
     assert "Visit me at" in logs["flower.log"] and "worker-a.log" in logs
     assert not [name for name, text in logs.items() if password in text]
