@@ -340,8 +340,9 @@ def failures_replay(
 
 def metrics(port: Annotated[int, typer.Option("--port", help="Port of /metrics.")] = 9808,
             addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "0.0.0.0") -> None:
-    """Serve the fleet's Prometheus metrics (shard load, capacity, heartbeat lag, rebalance
-    count, queue depth per queue) until interrupted."""
+    """Serve the fleet's Prometheus metrics until interrupted: shard load, capacity, heartbeat
+    lag, rebalance count, queue depth and oldest message age per queue, dead letters, each
+    repository's last index time (docs/operations.md, "Metrics")."""
     fleet_settings("codeindex metrics")
     from workers import metrics as metrics_mod  # lazy: after setup, which checks the settings first
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -191,6 +192,19 @@ def parse_json_changes(text: str) -> ChangeList:
 
 
 GIT_TIMEOUT_SECONDS = 120
+
+
+def commit_time(repo_dir: Path, sha: str) -> float | None:
+    """The committer time of commit ``sha`` of the repository (a work tree or a bare clone) at
+    ``repo_dir``, in Unix seconds (``git show -s --format=%ct``); None when git cannot say
+    (no such commit, not a repository, no answer within :data:`GIT_TIMEOUT_SECONDS`)."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo_dir), "show", "-s", "--format=%ct", sha, "--"],
+                              capture_output=True, timeout=GIT_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = done.stdout.strip()
+    return float(out) if done.returncode == 0 and out.isdigit() else None
 
 
 def git_changes(root: Path, since: str, until: str = "HEAD") -> list[Change]:

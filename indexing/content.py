@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from typing import TypeVar
 from filelock import FileLock, Timeout
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from indexing import metrics
 from indexing.errors import FileIssue, ObjectNotFoundError, RepositoryError, StoreError
 from indexing.git_source import GitCredentials, GitMirror, GitTree, redact, repo_dir_name
 from indexing.ids import sha256_hex
@@ -226,18 +228,22 @@ class DownloadCache:
         try:
             data = path.read_bytes()
         except OSError:
-            self.misses += 1
-            return None
+            return self._missed()
         if sha256_hex(data) != checksum:
             path.unlink(missing_ok=True)
-            self.misses += 1
-            return None
+            return self._missed()
         try:
             os.utime(path)
         except OSError:
             pass
         self.hits += 1
+        metrics.cache_lookups("download", 1, 0)
         return data
+
+    def _missed(self) -> None:
+        self.misses += 1
+        metrics.cache_lookups("download", 0, 1)
+        return None
 
     def put(self, checksum: str, data: bytes) -> None:
         """Keep ``data`` (whose SHA-256 is ``checksum``), then evict down to the limit. A cache
@@ -260,6 +266,7 @@ class DownloadCache:
                 self._total += len(data)
             if self._total > self.max_bytes:
                 self._total = self._evict()
+            metrics.cache_size("download", self._total)
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         out = []
@@ -345,6 +352,8 @@ class CloneCache:
                 self._trees.move_to_end((url, commit))
         if tree is None:
             tree = self._open(url, branch, commit)
+        else:
+            metrics.cache_lookups("clone", 1, 0)
         return tree.read(rel, max_size)
 
     def _open(self, url: str, branch: str | None, commit: str) -> GitTree:
@@ -353,7 +362,11 @@ class CloneCache:
             mirror = GitMirror(path, url, branch=branch or "main", credentials=self.credentials,
                                timeout_s=self.timeout_s)
             cloned = mirror.ensure()
-            if not mirror.commit_exists(commit):
+            present = mirror.commit_exists(commit)
+            # a hit: the commit was in the cache's clone already; a miss: cloned or fetched for it
+            hit = present and not cloned
+            metrics.cache_lookups("clone", int(hit), int(not hit))
+            if not present:
                 mirror.fetch()
                 if not mirror.commit_exists(commit):
                     raise FileIssue(f"commit {commit[:12]} is not on branch {branch} of {redact(url)} any more")
@@ -393,6 +406,7 @@ class CloneCache:
                     total -= size
             except Timeout:
                 continue
+        metrics.cache_size("clone", total)
         self._forget_missing()
 
     def _forget_missing(self) -> None:
@@ -436,7 +450,8 @@ def download(url: str, timeout_s: float, *, attempts: int = DOWNLOAD_ATTEMPTS, b
 
     def attempt() -> bytes:
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http(s) or file, ours
+            with metrics.transfer("download", "presigned_url"), \
+                    urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http(s) or file, ours
                 return response.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -486,6 +501,13 @@ class ContentReader:
         :class:`StoreError` when object storage or git cannot be reached (the task retries the
         batch), :class:`DependencyUnavailableError` while the breaker is open.
         """
+        began = time.perf_counter()
+        data, linked = self._read(job, planned, max_size)
+        strategy = ContentStrategy.PATH.value if job.schema_version == 1 else job.contents[planned.path].strategy.value
+        metrics.ingested(strategy, len(data), time.perf_counter() - began)
+        return data, linked
+
+    def _read(self, job: BatchJob, planned: PlannedFile, max_size: int) -> tuple[bytes, bool]:
         if job.schema_version == 1:
             root = Path(job.root)
             return read_file(root, planned.path, max_size), is_linked(root, planned.path)

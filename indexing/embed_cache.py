@@ -31,6 +31,10 @@ class EmbeddingCache(Protocol):
         """Store vectors by text hash; storing a hash again keeps the first vector."""
         ...
 
+    def size_bytes(self) -> int:
+        """Bytes the cache takes in its storage (``codeindex_cache_size_bytes``)."""
+        ...
+
 
 class SQLiteEmbeddingCache:
     """The embedding cache in one SQLite file (WAL mode, one connection per thread).
@@ -92,3 +96,13 @@ class SQLiteEmbeddingCache:
             conn.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"embedding cache {self.path}: {exc}") from exc
+
+    def size_bytes(self) -> int:
+        """The SQLite file with its write-ahead log, in bytes (0 for a file not there)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total

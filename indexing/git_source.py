@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from indexing import metrics
 from indexing.changes import GIT_TIMEOUT_SECONDS, Change, parse_nul
 from indexing.errors import FileIssue, RepositoryError, StoreError
 from indexing.scanner import GITIGNORE_MAX_BYTES
@@ -268,8 +269,9 @@ class GitMirror:
                 raise
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-        log.info("git clone done url=%s branch=%s path=%s seconds=%.2f", self.url, self.branch, self.path,
-                 time.monotonic() - started)
+        seconds = time.monotonic() - started
+        metrics.git_network("clone", seconds)
+        log.info("git clone done url=%s branch=%s path=%s seconds=%.2f", self.url, self.branch, self.path, seconds)
         return True
 
     def fetch(self) -> str:
@@ -287,8 +289,9 @@ class GitMirror:
                                                   "--no-tags", "--no-write-fetch-head", "--", self.url, refspec,
                                                   what="fetch"))
         head = self._head_or_fail()
-        log.info("git fetch done url=%s branch=%s head=%s seconds=%.2f", self.url, self.branch, head,
-                 time.monotonic() - started)
+        seconds = time.monotonic() - started
+        metrics.git_network("fetch", seconds)
+        log.info("git fetch done url=%s branch=%s head=%s seconds=%.2f", self.url, self.branch, head, seconds)
         return head
 
     def head(self) -> str | None:

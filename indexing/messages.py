@@ -149,6 +149,8 @@ class CommitJob(RunContext):
     files_total: int = Field(default=0, ge=0, description="Files sent to the embedding batches.")
     filter_fingerprint: str = Field(default="", description="The filter settings the plan was made under.")
     note: str = Field(default="", description="What the planner has to say (a full scan instead of a diff).")
+    commit_time: float | None = Field(default=None, description="The committer time of ``commit`` (Unix "
+                                      "seconds), for the freshness metric; None when metrics are off.")
     files: list[PlannedFile]
 
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from indexing import metrics
 from indexing.errors import ObjectNotFoundError, StoreError
 
 #: S3's limits: a key of at most 1024 bytes (UTF-8), user metadata of at most 2 KB, and a
@@ -288,13 +289,14 @@ class LocalObjectStore:
         """See :meth:`ObjectStore.put`."""
         path = self._path(key)
         try:
-            return self._commit(path, [data], content_type, metadata, if_absent)
+            with metrics.transfer("upload", "local"):
+                return self._commit(path, [data], content_type, metadata, if_absent)
         except OSError as exc:
             raise self._fail("put", key, exc) from None
 
     def get(self, key: str) -> bytes:
         """See :meth:`ObjectStore.get`."""
-        with self._open(key, self._path(key)) as fh:
+        with metrics.transfer("download", "local"), self._open(key, self._path(key)) as fh:
             try:
                 return fh.read()
             except OSError as exc:
@@ -367,14 +369,15 @@ class LocalObjectStore:
         """See :meth:`ObjectStore.put_file`: one pass over the file, hashed while copied."""
         target = self._path(key)
         try:
-            self._commit(target, _file_chunks(path), "application/octet-stream", None, False)
+            with metrics.transfer("upload", "local"):
+                self._commit(target, _file_chunks(path), "application/octet-stream", None, False)
         except OSError as exc:
             raise StoreError(f"cannot store {path} as {key!r} in {self.describe()}: {exc.strerror or exc}") from None
 
     def get_file(self, key: str, path: str | Path) -> None:
         """See :meth:`ObjectStore.get_file`."""
         destination = Path(path)
-        with self._open(key, self._path(key)) as fh:
+        with metrics.transfer("download", "local"), self._open(key, self._path(key)) as fh:
             try:
                 tmp, _, _ = self._write_temp(destination.parent, iter(lambda: fh.read(_CHUNK), b""))
                 try:

@@ -55,3 +55,9 @@ class PostgresEmbeddingCache:
                 "INSERT INTO embeddings (model, text_sha256, vector) "
                 "SELECT %s, * FROM unnest(%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING",
                 [model_id, hashes, blobs]))
+
+    def size_bytes(self) -> int:
+        """The table with its index and TOAST data, in bytes (PostgreSQL's
+        ``pg_total_relation_size``). Raises StoreError."""
+        rows = self.db.read("SELECT pg_total_relation_size('embeddings') AS size")
+        return int(rows[0]["size"] or 0)

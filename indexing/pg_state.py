@@ -11,7 +11,7 @@ import psycopg
 from indexing.errors import StaleFenceError, StoreError
 from indexing.postgres import PgDatabase, open_migrated
 from indexing.state import (
-    FAILURE_COLUMNS, REPO_COLUMNS, REPO_STATS_SQL, CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats,
+    FAILURE_COLUMNS, FAILURE_COUNTS_SQL, REPO_COLUMNS, REPO_STATS_SQL, CollectionMeta, FailureRecord, FileState, RepoRecord, RepoStats,
     RunRecord, RunStatus, utcnow,
 )
 
@@ -244,6 +244,11 @@ class PostgresStateStore:
     def get_failure(self, failure_id: int) -> FailureRecord | None:
         rows = self._query(f"SELECT {FAILURE_COLUMNS} FROM failures WHERE id = %s", [failure_id])
         return FailureRecord(**rows[0]) if rows else None
+
+    def failure_counts(self) -> dict[str, int]:
+        rows = self._query(FAILURE_COUNTS_SQL)  # no rows: the tables are not created yet
+        row = rows[0] if rows else {}
+        return {"pending": int(row.get("pending") or 0), "replayed": int(row.get("replayed") or 0)}
 
     def mark_failure_replayed(self, failure_id: int) -> None:
         self.db.write(lambda conn: conn.execute(

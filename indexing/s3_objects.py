@@ -23,6 +23,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from indexing import metrics
 from indexing.errors import ObjectNotFoundError, StoreError, UsageError
 from indexing.objects import (
     LocalObjectStore, ObjectInfo, ObjectStore, _check_expiry, _check_metadata, _check_prefix, check_key,
@@ -174,7 +175,8 @@ class S3ObjectStore:
             kwargs["IfNoneMatch"] = "*"
         for attempt in itertools.count(1):
             try:
-                self._client.put_object(**kwargs)
+                with metrics.transfer("upload", "s3"):
+                    self._client.put_object(**kwargs)
                 return True
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
@@ -190,7 +192,8 @@ class S3ObjectStore:
         """See :meth:`ObjectStore.get`."""
         full = self._full(key)
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+            with metrics.transfer("download", "s3"):
+                return self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error("GetObject", key, exc) from None
 
@@ -244,9 +247,10 @@ class S3ObjectStore:
         except OSError as exc:
             raise StoreError(f"cannot read {path} to upload it as {key!r}: {exc.strerror}") from None
         try:
-            self._call("PutFile", key, self._client.upload_file, Filename=str(path), Bucket=self.bucket, Key=full,
-                       ExtraArgs={"Metadata": _check_metadata(None, digest), "ContentType": "application/octet-stream"},
-                       Config=self._transfer)
+            with metrics.transfer("upload", "s3"):
+                self._call("PutFile", key, self._client.upload_file, Filename=str(path), Bucket=self.bucket, Key=full,
+                           ExtraArgs={"Metadata": _check_metadata(None, digest),
+                                      "ContentType": "application/octet-stream"}, Config=self._transfer)
         except OSError as exc:  # the file changed under the upload
             raise StoreError(f"cannot read {path} to upload it as {key!r}: {exc.strerror or exc}") from None
 
@@ -256,8 +260,9 @@ class S3ObjectStore:
         full = self._full(key)
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._call("GetFile", key, self._client.download_file, Bucket=self.bucket, Key=full, Filename=str(path),
-                       Config=self._transfer)
+            with metrics.transfer("download", "s3"):
+                self._call("GetFile", key, self._client.download_file, Bucket=self.bucket, Key=full,
+                           Filename=str(path), Config=self._transfer)
         except OSError as exc:
             raise StoreError(f"cannot write {path} to download {key!r} into it: {exc.strerror or exc}") from None
 

@@ -235,6 +235,11 @@ class StateStore(Protocol):
         """One dead-letter record, or None."""
         ...
 
+    def failure_counts(self) -> dict[str, int]:
+        """How many dead-letter records there are: ``{"pending": n, "replayed": m}`` (replayed:
+        re-enqueued by ``codeindex failures replay``)."""
+        ...
+
     def mark_failure_replayed(self, failure_id: int) -> None:
         """Stamp ``replayed_at`` on a dead-letter record that was re-enqueued."""
         ...
@@ -249,6 +254,9 @@ class StateStore(Protocol):
 
 
 FAILURE_COLUMNS = "id, run_id, task, arguments, error, created_at, replayed_at"
+#: Both stores answer :meth:`StateStore.failure_counts` with this query.
+FAILURE_COUNTS_SQL = ("SELECT SUM(CASE WHEN replayed_at IS NULL THEN 1 ELSE 0 END) AS pending, "
+                      "SUM(CASE WHEN replayed_at IS NULL THEN 0 ELSE 1 END) AS replayed FROM failures")
 FILE_COLUMNS = "path, sha256, size, chunk_count, encoding, language, fence, indexed_at, linked"
 #: Both stores answer :meth:`StateStore.repo_stats` with this query.
 REPO_STATS_SQL = (
@@ -521,6 +529,11 @@ class SQLiteStateStore:
     def get_failure(self, failure_id: int) -> FailureRecord | None:
         rows = self._query(f"SELECT {FAILURE_COLUMNS} FROM failures WHERE id = ?", [failure_id])
         return FailureRecord(**dict(rows[0])) if rows else None
+
+    def failure_counts(self) -> dict[str, int]:
+        rows = self._query(FAILURE_COUNTS_SQL)  # no rows: no state file yet
+        row = dict(rows[0]) if rows else {}
+        return {"pending": int(row.get("pending") or 0), "replayed": int(row.get("replayed") or 0)}
 
     def mark_failure_replayed(self, failure_id: int) -> None:
         with self._tx() as conn:

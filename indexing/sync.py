@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from indexing import metrics
 from indexing.changes import Change, ChangeKind
 from indexing.chunking import chunk_text
 from indexing.content import ContentEncoder, ContentReader
@@ -246,6 +248,7 @@ def _prepare(request: SyncRequest, env: SyncEnvironment, task_id: str, stack: Ex
     job = CommitJob(**context.model_dump(), advance_commit=plan.advance_commit, trigger=request.trigger,
                     started_at=started, files_total=run.files_total, filter_fingerprint=plan.filter_fingerprint,
                     note=plan.note, files=plan.files,
+                    commit_time=tree.commit_time() if metrics.enabled() and plan.advance_commit else None,
                     verify_store=request.reindex or (previous is not None and previous.fence > previous.committed_fence))
     if not batches:
         return PreparedSync(plan, run, job, summary=finish_sync(job, [], env))
@@ -312,6 +315,8 @@ def finish_sync(job: CommitJob, results: list[FileResult], env: SyncEnvironment)
     state = env.state
     with env.repo_lock(job.repo_id):
         summary = commit_sync(job, results, state, env.vector_store(job.collection))
+    if job.commit_time is not None and job.advance_commit and summary.errors == 0:
+        metrics.freshness(job.repo_id, job.commit_time, time.time())
     summary.seconds = seconds_since(job.started_at)
     record = run_record(summary, job.trigger, job.started_at, job.files_total)
     record.shard_id = env.shard_id
@@ -544,7 +549,9 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
         pending.append((result, chunks, hashes))
 
-    vectors = cache.get_many(embedder.model_id, [h for _, _, hashes in pending for h in hashes])
+    wanted = list(dict.fromkeys(h for _, _, hashes in pending for h in hashes))
+    vectors = cache.get_many(embedder.model_id, wanted)
+    metrics.cache_lookups("embedding", len(vectors), len(wanted) - len(vectors))
     missing: dict[str, str] = {}
     for result, chunks, hashes in pending:
         for chunk, h in zip(chunks, hashes):
@@ -558,6 +565,8 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
         new = dict(zip(missing.keys(), fresh))
         cache.put_many(embedder.model_id, new)
         vectors.update(new)
+        if metrics.enabled():
+            metrics.cache_size("embedding", cache.size_bytes())
 
     now = utcnow()
     objects = [

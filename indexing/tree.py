@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from indexing.changes import Change, commit_exists, git_changes, head_commit
+from indexing.changes import Change, commit_exists, commit_time, git_changes, head_commit
 from indexing.errors import FileIssue
 from indexing.git_source import GitTree
 from indexing.paths import is_linked, relative_path
@@ -65,6 +65,9 @@ class SourceTree(Protocol):
     def gitignore_lines(self, rel_dir: str) -> list[str] | None:
         """The lines of ``<rel_dir>/.gitignore``; None when there is none or it is unreadable."""
         ...
+
+    def commit_time(self) -> float | None:
+        """The committer time of :attr:`commit` in Unix seconds; None without a commit."""
 
     def has_commit(self, sha: str) -> bool:
         """True when ``sha`` is a commit of the repository's history as this tree sees it."""
@@ -120,6 +123,9 @@ class WorkTree:
             return read_file(self.root, rel, GITIGNORE_MAX_BYTES).decode("utf-8", errors="replace").splitlines()
         except FileIssue:
             return None
+
+    def commit_time(self) -> float | None:
+        return commit_time(self.root, self.commit) if self.commit else None
 
     def has_commit(self, sha: str) -> bool:
         return commit_exists(self.root, sha)
@@ -198,6 +204,9 @@ class CommitTree:
 
     def gitignore_lines(self, rel_dir: str) -> list[str] | None:
         return self.tree.gitignore_rules(rel_dir)
+
+    def commit_time(self) -> float | None:
+        return commit_time(self.tree.repo_dir, self.commit)
 
     def has_commit(self, sha: str) -> bool:
         return self.tree.has_commit(sha)

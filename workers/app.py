@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.result import allow_join_result
 
 from config.celery import celery_config
@@ -28,6 +29,20 @@ RETRIED = (StoreError, LockTimeoutError)
 
 app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards", "tasks.cleanup"])
 app.conf.update(celery_config(get_settings()))
+
+#: The message header holding the Unix time a task message was published, which
+#: ``workers.broker.oldest_message_ages`` reads: Celery's protocol 2 headers carry no time
+#: (Celery docs, "Message Protocol"). Moved messages keep it (``celery.contrib.migrate``
+#: republishes headers as they are); a retry is a new message with a new time.
+SENT_AT_HEADER = "codeindex_sent_at"
+
+
+@signals.before_task_publish.connect(weak=False)
+def stamp_sent_at(headers: dict | None = None, **_: object) -> None:
+    """Stamp :data:`SENT_AT_HEADER` on every task message this process publishes (Celery's
+    ``before_task_publish`` signal gets the headers dict that is then sent)."""
+    if headers is not None:
+        headers.setdefault(SENT_AT_HEADER, time.time())
 
 
 class CodeindexTask(Task):

@@ -1,12 +1,15 @@
-"""Prometheus metrics (prometheus-client): the seed's fleet table plus task counts, task
-durations and queue depths.
+"""Prometheus metrics (prometheus-client) of the workers layer: the seed's fleet table plus task
+counts, task durations, queues and dead letters. The domain's metrics (ingestion, object
+storage, git, caches, freshness, backups) are defined in ``indexing.metrics``, enabled here.
 
 Two kinds, as the Prometheus client docs advise:
 
 - **Fleet gauges** (seed 002 "Key Metrics": ``codeindex_shard_load``, ``codeindex_shard_capacity``,
   ``codeindex_heartbeat_lag_seconds``, ``codeindex_rebalance_count``; plus
-  ``codeindex_queue_depth``) are read from the registry and the broker when scraped, by
-  :class:`FleetCollector`, so any one process (``codeindex metrics``) reports the whole fleet.
+  ``codeindex_queue_depth``, ``codeindex_queue_oldest_message_age_seconds``,
+  ``codeindex_dead_letters``, ``codeindex_repo_last_indexed_timestamp_seconds``) are read from
+  the registry, the state and the broker when scraped, by :class:`FleetCollector`, so any one
+  process (``codeindex metrics``) reports the whole fleet.
 - **Process counters** (tasks by name, state and queue; task durations; heartbeats; messages
   moved) are counted where the work happens; a worker counts its tasks once
   :func:`count_tasks` connected the task signals. Celery's prefork children are separate
@@ -19,13 +22,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import datetime, timezone
 
 from celery import signals
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from config.celery import Queue, shard_queue
-from workers.broker import queue_depths
+from indexing import metrics as domain_metrics
+from workers.broker import oldest_message_ages, queue_depths
 from workers.runtime import runtime
 
 log = logging.getLogger("codeindex.metrics")
@@ -36,6 +41,9 @@ TASK_SECONDS = Histogram("codeindex_task_duration_seconds", "Task run time, by t
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
 HEARTBEATS = Counter("codeindex_heartbeats", "Heartbeats this worker wrote, by shard.", ["shard"])
 MESSAGES_MOVED = Counter("codeindex_messages_moved", "Messages moved out of dead or drained shards' queues.")
+# Every process that imports this module serves metrics (a worker, `codeindex metrics`): the
+# domain's are counted from now on.
+domain_metrics.enable()
 
 class TaskCounter:
     """Counts finished tasks and their run time from Celery's ``task_prerun``/``task_postrun``
@@ -65,44 +73,73 @@ def count_tasks() -> TaskCounter:
     return counter
 
 
+#: The gauges :class:`FleetCollector` yields: name -> (help, labels).
+FLEET_GAUGES: dict[str, tuple[str, list[str]]] = {
+    "codeindex_fleet_up": ("1 when the registry, the state and the broker could be read.", []),
+    "codeindex_shard_load": ("Repositories assigned to a shard.", ["shard_id", "status"]),
+    "codeindex_shard_capacity": ("Repositories a shard may own.", ["shard_id"]),
+    "codeindex_heartbeat_lag_seconds": ("Seconds since a shard's last heartbeat.", ["shard_id"]),
+    "codeindex_last_heartbeat": ("Unix time of a shard's last heartbeat (seed 002's alert: "
+                                 "time() - codeindex_last_heartbeat > 30).", ["shard_id"]),
+    "codeindex_rebalance_count": ("Repositories moved between shards, in total.", []),
+    "codeindex_queue_depth": ("Messages waiting in a queue.", ["queue"]),
+    "codeindex_queue_oldest_message_age_seconds": (
+        "Seconds since the oldest message waiting in a queue was published (its codeindex_sent_at "
+        "header); 0 when the queue is empty.", ["queue"]),
+    "codeindex_dead_letters": ("Dead-letter records (the failures table: tasks that exhausted their retries), "
+                               "by status (pending, replayed).", ["status"]),
+    "codeindex_repo_last_indexed_timestamp_seconds": (
+        "Unix time a repository's index last committed (absent before its first sync).", ["repo_id"]),
+}
+
+
 class FleetCollector:
-    """Reads the registry and the broker at scrape time (a custom collector, per the
-    prometheus-client docs "Custom Collectors"). A failed read yields ``codeindex_up 0``."""
+    """Reads the registry, the state and the broker at scrape time (a custom collector, per
+    the prometheus-client docs "Custom Collectors"): :data:`FLEET_GAUGES`. A failed read
+    yields ``codeindex_fleet_up 0`` alone."""
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {name: GaugeMetricFamily(name, text, labels=labels) for name, (text, labels) in FLEET_GAUGES.items()}
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The families :meth:`collect` yields, without samples (the registry checks their names)."""
+        return list(self._families().values())
 
     def collect(self):
-        up = GaugeMetricFamily("codeindex_fleet_up", "1 when the registry and broker could be read.")
+        g = self._families()
         try:
-            registry = runtime().registry
+            rt = runtime()
+            registry = rt.registry
             shards = registry.shards()
             moves = registry.moves_total()
-            depths = queue_depths([Queue.EMBED.value, Queue.MAINTENANCE.value,
-                                   *(shard_queue(s.shard_id) for s in shards)])
+            queues = [Queue.EMBED.value, Queue.MAINTENANCE.value, *(shard_queue(s.shard_id) for s in shards)]
+            depths = queue_depths(queues)
+            ages = oldest_message_ages(queues)
+            state = rt.readonly_state()
+            dead = state.failure_counts()
+            repos = state.repo_stats()
         except Exception as exc:
             log.warning("fleet metrics unavailable: %s", exc)
-            up.add_metric([], 0)
-            yield up
+            g["codeindex_fleet_up"].add_metric([], 0)
+            yield g["codeindex_fleet_up"]
             return
-        up.add_metric([], 1)
-        yield up
-        load = GaugeMetricFamily("codeindex_shard_load", "Repositories assigned to a shard.", labels=["shard_id", "status"])
-        capacity = GaugeMetricFamily("codeindex_shard_capacity", "Repositories a shard may own.", labels=["shard_id"])
-        lag = GaugeMetricFamily("codeindex_heartbeat_lag_seconds", "Seconds since a shard's last heartbeat.",
-                                labels=["shard_id"])
-        last = GaugeMetricFamily("codeindex_last_heartbeat", "Unix time of a shard's last heartbeat "
-                                 "(the seed's alert: time() - codeindex_last_heartbeat > 30).", labels=["shard_id"])
+        g["codeindex_fleet_up"].add_metric([], 1)
         for shard in shards:
-            load.add_metric([shard.shard_id, shard.status], shard.load)
-            capacity.add_metric([shard.shard_id], shard.capacity)
-            lag.add_metric([shard.shard_id], shard.heartbeat_lag())
-            last.add_metric([shard.shard_id], shard.last_heartbeat.timestamp())
-        yield from (load, capacity, lag, last)
-        moved = GaugeMetricFamily("codeindex_rebalance_count", "Repositories moved between shards, in total.")
-        moved.add_metric([], moves)
-        yield moved
-        depth = GaugeMetricFamily("codeindex_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+            g["codeindex_shard_load"].add_metric([shard.shard_id, shard.status], shard.load)
+            g["codeindex_shard_capacity"].add_metric([shard.shard_id], shard.capacity)
+            g["codeindex_heartbeat_lag_seconds"].add_metric([shard.shard_id], shard.heartbeat_lag())
+            g["codeindex_last_heartbeat"].add_metric([shard.shard_id], shard.last_heartbeat.timestamp())
+        g["codeindex_rebalance_count"].add_metric([], moves)
         for name, value in depths.items():
-            depth.add_metric([name], value)
-        yield depth
+            g["codeindex_queue_depth"].add_metric([name], value)
+            g["codeindex_queue_oldest_message_age_seconds"].add_metric([name], ages.get(name, 0.0))
+        for status, count in sorted(dead.items()):
+            g["codeindex_dead_letters"].add_metric([status], count)
+        for repo in repos:
+            if repo.indexed_at:
+                g["codeindex_repo_last_indexed_timestamp_seconds"].add_metric([repo.repo_id], _unix(repo.indexed_at))
+        yield from g.values()
 
 
 def serve(port: int, fleet: bool, addr: str = "0.0.0.0") -> None:
@@ -115,10 +152,16 @@ def serve(port: int, fleet: bool, addr: str = "0.0.0.0") -> None:
         from prometheus_client import multiprocess  # lazy: only a worker serving metrics uses it
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(domain_metrics.CacheHitRate(multiprocess.MultiProcessCollector(registry)))
     else:
         registry = REGISTRY
     if fleet:
         registry.register(FleetCollector())
     start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, port)
+
+
+def _unix(iso: str) -> float:
+    """Unix seconds of the ISO-8601 time ``iso`` (UTC when it names no zone)."""
+    moment = datetime.fromisoformat(iso)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
