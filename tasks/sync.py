@@ -50,3 +50,13 @@ def fail(self, request, exc, traceback, run_id: str) -> None:
     """Chord error callback: the run is marked failed and the state left as it was, so the
     next sync redoes exactly the missing work."""
     mark_run_failed(runtime(), run_id, f"{type(exc).__name__}: {exc}")
+
+
+def send_plan(request: SyncRequest):
+    """Place ``request``'s repository (the explicit placement before a send: routing never
+    places; a dry run only asks where it would go), then send its plan task to the owner's
+    queue. Returns the task's ``AsyncResult``, which resolves to the sync's summary (a dict).
+    Raises :class:`~indexing.errors.UsageError` when no shard can take it, and
+    the registry's errors when it cannot be reached. Used by the CLI and the HTTP trigger."""
+    owner = runtime().place(request.repo_id, dry_run=request.dry_run).shard_id
+    return plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(owner))
