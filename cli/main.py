@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import fleet
+from cli import api, fleet
 from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, interruptible, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
@@ -443,6 +443,7 @@ def _fail(message: str, code: int) -> None:
 
 
 fleet.register(app)
+api.register(app)
 
 if __name__ == "__main__":
     main()
