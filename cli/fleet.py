@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
@@ -144,8 +143,7 @@ def repo_add(
     then fetches and indexes what changed since the last indexed commit.
     """
     from cli.output import render_summary  # lazy: see cli.common
-    from config.celery import shard_queue  # lazy: likewise
-    from indexing.messages import SyncRequest, SyncSummary  # lazy: likewise
+    from indexing.messages import SyncSummary  # lazy: likewise
 
     is_url = "://" in source
     if is_url:
@@ -165,21 +163,9 @@ def repo_add(
         url = None
         root, settings = setup(path, None)
         rid, where = name or root.name, str(root)
-    from tasks.sync import plan  # lazy: after setup, which checks the settings first
-    from workers.runtime import runtime  # lazy: after setup, which checks the settings first
+    from tasks.sync import add_repository  # lazy: after setup, which checks the settings first
 
-    rt = runtime()
-    if url is not None:
-        known = rt.readonly_state().get_repo(rid)
-        if known is not None and not known.url:
-            raise UsageError(f"repository {rid!r} is already in the index, added by path ({known.root}); "
-                             "choose another --name")
-        rt.state.set_source(rid, settings.collection, url, branch)
-    shard = rt.place(rid).shard_id
-    request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root="" if url else str(root), url=url,
-                          branch=branch if url else None, collection=settings.collection, source="all",
-                          trigger="repo-add")
-    result = plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(shard))
+    shard, request, result = add_repository(rid, settings.collection, root=str(root), url=url, branch=branch)
     if no_wait:
         doc = {"repo_id": rid, "shard_id": shard, "run_id": request.run_id, "task_id": result.id}
         return print_json(doc) if json_out else sys.stdout.write(f"{request.run_id}\n")
@@ -191,17 +177,6 @@ def repo_add(
     render_summary(summary, sys.stdout, False, summary.seconds)
     if summary.errors:
         raise typer.Exit(1)
-
-
-def _age(iso: str | None) -> float | None:
-    """Seconds since the ISO-8601 time ``iso``; None for None."""
-    from datetime import datetime, timezone  # lazy: only here
-
-    if not iso:
-        return None
-    moment = datetime.fromisoformat(iso)
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return round((datetime.now(timezone.utc) - moment).total_seconds(), 1)
 
 
 def _brief_age(seconds: float | None) -> str:
@@ -218,12 +193,13 @@ def repo_list(json_out: JsonOut = False) -> None:
     """List the repositories: source (URL and branch, or root), owner shard, files, chunks, last
     indexed commit and freshness (how long ago the last sync committed)."""
     _, settings = setup(None, None)
+    from indexing.state import seconds_since  # lazy: see cli.common
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
     rt = runtime()
     owners = rt.registry.assignments() if settings.state_url else {}
     rows = [{**asdict(r), "shard_id": owners.get(r.repo_id, None if settings.state_url else settings.shard_id),
-             "age_seconds": _age(r.indexed_at)}
+             "age_seconds": seconds_since(r.indexed_at)}
             for r in rt.readonly_state().repo_stats()]
     if json_out:
         return print_json(rows)

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import fleet
+from cli import api, fleet
 from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, interruptible, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
@@ -88,61 +87,38 @@ def _listed(changes: Path | None, null: bool) -> list:
 
 
 def _requests(root: Path, repo_id: str | None, collection: str, *, stdin: bool, null: bool, json_in: bool,
-              changes: Path | None, detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool,
-              allowed: list[Path]):
-    """Build the sync requests for the chosen change source (one per repository)."""
-    from indexing.changes import listed_repository, parse_json_changes  # lazy: see cli.common
-    from indexing.messages import SyncRequest  # lazy: likewise
+              changes: Path | None, detect: bool, scan_all: bool, options, allowed: list[Path]):
+    """Build the sync requests of a work tree for the chosen change source (one per repository)."""
+    from indexing.changes import parse_json_changes  # lazy: see cli.common
+    from indexing.requests import work_tree_requests  # lazy: likewise
 
     source = _source(stdin=stdin, changes=changes, detect=detect, scan_all=scan_all, default=_piped_paths)
-    common = dict(collection=collection, delete_missing=delete_missing, dry_run=dry_run, force=force)
-
-    def request(r: Path, rid: str, source: str, pairs=()) -> SyncRequest:
-        return SyncRequest(run_id=str(uuid.uuid4()), repo_id=rid, root=str(r), source=source,
-                           changes=[(c.path, c.kind.value) for c in pairs], **common)
-
-    name = repo_id or root.name
-    if source != "paths":
-        return [request(root, name, source)]
-    if json_in:
+    if source == "paths" and json_in:
         document = parse_json_changes(_read_input(changes))
-        out = []
-        for entry in document.repositories:  # every entry checked before anything runs
-            repo_root = listed_repository(entry.path, root, allowed)
-            rid = repo_id if (repo_id and len(document.repositories) == 1) else repo_root.name
-            out.append(request(repo_root, rid, "paths", entry.changes()))
-        return out
-    return [request(root, name, "paths", _listed(changes, null))]
+        return work_tree_requests(root, repo_id, collection, source, options, document=document, allowed=allowed)
+    listed = _listed(changes, null) if source == "paths" else []
+    return work_tree_requests(root, repo_id, collection, source, options, listed=listed, allowed=allowed)
 
 
 def _url_request(record, collection: str, *, stdin: bool, null: bool, json_in: bool, changes: Path | None,
-                 detect: bool, scan_all: bool, delete_missing: bool, dry_run: bool, force: bool):
+                 detect: bool, scan_all: bool, options):
     """The sync request of a repository added by URL: ``--all`` a full index at the branch head;
     ``--stdin``/``--changes`` the paths listed, read at the head; otherwise (the default, and
     ``--detect-changes``) what changed from the last indexed commit to the fetched head."""
-    from indexing.messages import SyncRequest  # lazy: see cli.common
+    from indexing.requests import url_request  # lazy: see cli.common
 
     if json_in:
-        raise UsageError("a JSON change list names work trees; sync a URL repository with --all, "
-                         "--detect-changes (the default) or --stdin")
+        return url_request(record, collection, "paths", options, json_list=True)  # refused
     source = _source(stdin=stdin, changes=changes, detect=detect, scan_all=scan_all, default=lambda: "detect")
     listed = _listed(changes, null) if source == "paths" else []
-    return SyncRequest(run_id=str(uuid.uuid4()), repo_id=record.repo_id, root="", url=record.url,
-                       branch=record.branch, collection=collection, source=source,
-                       changes=[(c.path, c.kind.value) for c in listed], delete_missing=delete_missing,
-                       dry_run=dry_run, force=force)
+    return url_request(record, collection, source, options, listed=listed)
 
 
 def _send(request):
-    """Place the request's repository (the explicit placement before a send: routing never
-    places; a dry run only asks where it would go), then send its plan task to the owner's
-    queue; the task's AsyncResult."""
-    from config.celery import shard_queue  # lazy: see cli.common
-    from tasks.sync import plan  # lazy: likewise
-    from workers.runtime import runtime  # lazy: likewise
+    """Send ``request``'s plan task to its owner (:func:`tasks.sync.send_plan`); its AsyncResult."""
+    from tasks.sync import send_plan  # lazy: see cli.common
 
-    owner = runtime().place(request.repo_id, dry_run=request.dry_run).shard_id
-    return plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(owner))
+    return send_plan(request)
 
 
 def _dispatch(request, show_progress: bool) -> dict:
@@ -228,15 +204,16 @@ def sync(
     repo_root, settings = setup(root, collection, verbose, repo)
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
+    from indexing.requests import SyncOptions  # lazy: likewise
+
+    options = SyncOptions(delete_missing=delete_missing, dry_run=dry_run, force=force)
     record = runtime().readonly_state().get_repo(repo) if repo and root is None else None
     if record is not None and record.url:
         requests = [_url_request(record, settings.collection, stdin=stdin, null=null, json_in=json_mode,
-                                 changes=changes, detect=detect_changes, scan_all=scan_all,
-                                 delete_missing=delete_missing, dry_run=dry_run, force=force)]
+                                 changes=changes, detect=detect_changes, scan_all=scan_all, options=options)]
     else:
         requests = _requests(repo_root, repo, settings.collection, stdin=stdin, null=null, json_in=json_mode,
-                             changes=changes, detect=detect_changes, scan_all=scan_all,
-                             delete_missing=delete_missing, dry_run=dry_run, force=force,
+                             changes=changes, detect=detect_changes, scan_all=scan_all, options=options,
                              allowed=settings.allowed_roots)
     if settings.eager and not dry_run:
         abandon_dead_runs(runtime().state)  # an earlier sync killed or interrupted here
@@ -466,6 +443,7 @@ def _fail(message: str, code: int) -> None:
 
 
 fleet.register(app)
+api.register(app)
 
 if __name__ == "__main__":
     main()

@@ -149,6 +149,25 @@ class Settings(BaseSettings):
     git_token: SecretStr | None = Field(default=None, description="An HTTPS token for git (never logged); "
                                         "CODEINDEX_GIT_TOKEN_FILE is safer: an environment is easier to leak.")
     git_ssh_key: Path | None = Field(default=None, description="SSH private key for git URLs.")
+    # The HTTP trigger (`codeindex api`, api/): seed 002's port 8080, on loopback unless told otherwise.
+    api_host: str = Field(default="127.0.0.1", description="Address `codeindex api` listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port `codeindex api` listens on.")
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="API bearer tokens, stored hashed: comma-separated "
+        "`SCOPE:SHA256HEX` entries (scope read or write; `codeindex api token` makes one).")
+    api_tokens_file: Path | None = Field(
+        default=None, description="A file of API tokens, one `SCOPE SHA256HEX [name]` line each (# comments).")
+    api_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024,
+                                    description="Largest request body the API reads (413 above it).")
+    api_ready_timeout: float = Field(default=3.0, gt=0, description="Seconds /readyz waits for each dependency.")
+    github_webhook_secret: SecretStr | None = Field(
+        default=None, description="The secret GitHub signs push webhooks with (X-Hub-Signature-256).")
+    github_webhook_secret_file: Path | None = Field(default=None, description="A file holding that secret.")
+    gitlab_webhook_token: SecretStr | None = Field(
+        default=None, description="The token GitLab sends with webhooks (X-Gitlab-Token).")
+    gitlab_webhook_token_file: Path | None = Field(default=None, description="A file holding that token.")
+    webhook_dedup_seconds: int = Field(default=7 * 86_400, ge=60,
+                                       description="How long a webhook delivery id is remembered (duplicates ignored).")
 
     # `codeindex flower`: who may look (Flower's own --basic-auth and --auth/OAuth options, from
     # Flower's docs, "Authentication"); each also read from Flower's FLOWER_* name, so that an
@@ -182,7 +201,7 @@ class Settings(BaseSettings):
                                                     "FLOWER_OAUTH2_REDIRECT_URI", "flower_oauth2_redirect_uri"),
         description="Flower's OAuth callback, https://<flower>/login (also FLOWER_OAUTH2_REDIRECT_URI).")
 
-    _split_include = field_validator("include", "exclude", "allowed_roots", mode="before")(_split_globs)
+    _split_include = field_validator("include", "exclude", "allowed_roots", "api_tokens", mode="before")(_split_globs)
 
     @property
     def eager(self) -> bool:

@@ -26,6 +26,16 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def seconds_since(iso: str | None) -> float | None:
+    """Seconds (one decimal) from the ISO-8601 time ``iso`` (UTC when it names no zone) to now;
+    None for None or an empty string."""
+    if not iso:
+        return None
+    moment = datetime.fromisoformat(iso)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return round((datetime.now(timezone.utc) - moment).total_seconds(), 1)
+
+
 @dataclass(frozen=True, slots=True)
 class CollectionMeta:
     """The embedding model a collection was built with; another model is refused."""

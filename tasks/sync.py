@@ -3,11 +3,14 @@ the chord's error callback."""
 
 from __future__ import annotations
 
+import uuid
+
 from celery import chord
 from celery.exceptions import Ignore
 
 from config.celery import shard_queue
 from config.kinds import TaskKind
+from indexing.errors import UsageError
 from indexing.messages import CommitJob, FileResult, SyncRequest
 from indexing.sync import PreparedSync, finish_sync, prepare_sync
 from tasks.embed import batch
@@ -50,3 +53,33 @@ def fail(self, request, exc, traceback, run_id: str) -> None:
     """Chord error callback: the run is marked failed and the state left as it was, so the
     next sync redoes exactly the missing work."""
     mark_run_failed(runtime(), run_id, f"{type(exc).__name__}: {exc}")
+
+
+def send_plan(request: SyncRequest):
+    """Place ``request``'s repository (the explicit placement before a send: routing never
+    places; a dry run only asks where it would go), then send its plan task to the owner's
+    queue. Returns the task's ``AsyncResult``, which resolves to the sync's summary (a dict).
+    Raises :class:`~indexing.errors.UsageError` when no shard can take it, and
+    the registry's errors when it cannot be reached. Used by the CLI and the HTTP trigger."""
+    owner = runtime().place(request.repo_id, dry_run=request.dry_run).shard_id
+    return plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(owner))
+
+
+def add_repository(repo_id: str, collection: str, *, root: str = "", url: str | None = None,
+                   branch: str | None = None, trigger: str = "repo-add") -> tuple[str, SyncRequest, object]:
+    """Add a repository to the fleet and send its first, full sync: a URL repository's source
+    (``url``, ``branch``: checked by the caller, never holding credentials) is recorded in the
+    state, the repository is placed on a shard, and its plan sent there. Returns the shard id,
+    the request and the task's ``AsyncResult``. Raises :class:`~indexing.errors.UsageError`
+    when ``repo_id`` is already a repository added by path and a URL is given."""
+    rt = runtime()
+    if url is not None:
+        known = rt.readonly_state().get_repo(repo_id)
+        if known is not None and not known.url:
+            raise UsageError(f"repository {repo_id!r} is already in the index, added by path ({known.root}); "
+                             "choose another name")
+        rt.state.set_source(repo_id, collection, url, branch)
+    shard = rt.place(repo_id).shard_id
+    request = SyncRequest(run_id=str(uuid.uuid4()), repo_id=repo_id, root="" if url else root, url=url,
+                          branch=branch if url else None, collection=collection, source="all", trigger=trigger)
+    return shard, request, plan.apply_async(args=[request.model_dump(mode="json")], queue=shard_queue(shard))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("config", "indexing", "workers", "tasks", "beat", "cli")
+PACKAGES = ("config", "indexing", "workers", "tasks", "beat", "api", "cli")
 LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
 
 
@@ -46,7 +46,7 @@ def append(path: Path, line: str) -> None:
 
 @pytest.mark.parametrize(("module", "added", "broken", "named"), [
     ("indexing/ids.py", "import workers.runtime  # an upward import",
-     "Layers: config < indexing < workers < tasks < beat < cli BROKEN", "indexing.ids -> workers.runtime"),
+     "Layers: config < indexing < workers < tasks < beat < api < cli BROKEN", "indexing.ids -> workers.runtime"),
     ("indexing/sync.py", "import celery",
      "The domain (indexing) imports no Celery and no layer above it BROKEN", "indexing.sync -> celery"),
     ("workers/registry.py", "def _hidden():\n    from workers import runtime  # inside a function, still seen",
