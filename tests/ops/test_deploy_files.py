@@ -55,7 +55,7 @@ def run(argv: list, **kwargs) -> subprocess.CompletedProcess[str]:
 
 
 def compose_config(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FLOWER_BASIC_AUTH": "admin:test"}
+    env = {**os.environ, "FLOWER_BASIC_AUTH": "admin:test", "CODEINDEX_API_TOKENS": "write:" + "0" * 64}
     return run([compose_binary(), "-f", path, "--project-directory", ROOT, "config", "-q"], env=env)
 
 
