@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,7 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.auth import Scope, TokenHash, authorize, parse_tokens
 from api.webhooks import (
-    DeliveryLog, Push, github_push, github_signature_valid, gitlab_push, gitlab_token_valid, pushed_repository,
+    DeliveryLog, Push, PushTargets, github_push, github_signature_valid, gitlab_push, gitlab_token_valid,
 )
 from config.settings import Settings
 from indexing.changes import ChangeList, parse_lines
@@ -133,25 +132,6 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _Repos:
-    """The registered repositories, re-read at most once a second when a push names none."""
-
-    def __init__(self) -> None:
-        self._records: list[RepoRecord] = []
-        self._read_at = 0.0
-        self._lock = threading.Lock()
-
-    def for_push(self, push: Push) -> RepoRecord | None:
-        found = pushed_repository(push, self._records)
-        with self._lock:
-            if found is None and time.monotonic() - self._read_at > 1.0:
-                state = runtime().readonly_state()
-                self._records = [r for r in (state.get_repo(s.repo_id) for s in state.repo_stats()) if r]
-                self._read_at = time.monotonic()
-                found = pushed_repository(push, self._records)
-        return found
-
-
 def create_app(settings: Settings) -> FastAPI:
     """The API application for ``settings`` (a fleet's: Redis broker and PostgreSQL state).
 
@@ -165,7 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
     github_secret = _secret(settings.github_webhook_secret, settings.github_webhook_secret_file, "GITHUB_WEBHOOK_SECRET")
     gitlab_secret = _secret(settings.gitlab_webhook_token, settings.gitlab_webhook_token_file, "GITLAB_WEBHOOK_TOKEN")
     deliveries = DeliveryLog(runtime().redis, settings.webhook_dedup_seconds)
-    repos = _Repos()
+    repos = PushTargets(lambda: _url_repositories(), min_age=1.0)
     fleet_metrics = CollectorRegistry()
     from workers.metrics import FleetCollector  # lazy: Celery signals, only for a served API
 
@@ -488,6 +468,11 @@ def _search(settings: Settings, query: str, k: int, repo: str | None) -> list:
         raise UsageError(f"collection {settings.collection!r} is empty: sync a repository first")
     embedder = rt.embedder_for_model(meta.embedding_model)
     return rt.vector_store(settings.collection).search(embedder.embed([query])[0], k, repo)
+
+
+def _url_repositories() -> list[RepoRecord]:
+    state = runtime().readonly_state()
+    return [r for r in (state.get_repo(s.repo_id) for s in state.repo_stats() if s.url) if r]
 
 
 def _drain(shard_id: str) -> dict:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -92,6 +94,28 @@ def pushed_repository(push: Push, repos: list[RepoRecord]) -> RepoRecord | None:
         if record.url and normalised_url(record.url) in wanted and record.branch == push.branch:
             return record
     return None
+
+
+class PushTargets:
+    """The registered repositories a push may be for, from ``load()`` (the state), read again
+    when a push names none of them and the last read is older than ``min_age`` seconds (a
+    repository added a moment ago is found; a stream of pushes for unknown repositories costs
+    one read a ``min_age``). Thread-safe: the API answers webhooks from a thread pool."""
+
+    def __init__(self, load: Callable[[], list[RepoRecord]], min_age: float) -> None:
+        self._load, self._min_age = load, min_age
+        self._records: list[RepoRecord] = []
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def for_push(self, push: Push) -> RepoRecord | None:
+        """The repository ``push`` is for (:func:`pushed_repository`), or None."""
+        with self._lock:  # matching and reloading together: a request never sees a half-made answer
+            found = pushed_repository(push, self._records)
+            if found is None and time.monotonic() - self._read_at > self._min_age:
+                self._records, self._read_at = self._load(), time.monotonic()
+                found = pushed_repository(push, self._records)
+            return found
 
 
 class DeliveryLog:

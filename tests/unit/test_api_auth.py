@@ -99,3 +99,31 @@ def test_a_delivery_is_new_once_until_forgotten():
     assert log.first_time("gitlab", "d1")
     log.forget("github", "d1")
     assert log.first_time("github", "d1")
+
+
+def test_concurrent_first_pushes_all_find_the_repository_with_one_read():
+    # bench/api.py found two of 60 valid pushes ignored: requests that had matched against the
+    # empty list before another request's reload returned None once it was done.
+    import threading
+    import time as clock
+
+    from api.webhooks import PushTargets
+
+    record = RepoRecord(repo_id="lib", root="", collection="c", last_commit=None, fence=0,
+                        url="file:///srv/lib.git", branch="main")
+    reads = []
+
+    def load():
+        reads.append(1)
+        clock.sleep(0.2)
+        return [record]
+
+    targets = PushTargets(load, min_age=60)
+    push = github_push({"ref": "refs/heads/main", "repository": {"clone_url": "file:///srv/lib"}})
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(targets.for_push(push))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [record] * 8 and len(reads) == 1
