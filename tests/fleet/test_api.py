@@ -36,6 +36,7 @@ def api(fleet, tmp_path: Path):
     port = free_port()
     fleet.beats.append(fleet._spawn(["api", "--port", str(port)], "api", {
         "CODEINDEX_API_TOKENS_FILE": str(tokens), "CODEINDEX_GITHUB_WEBHOOK_SECRET": SECRET,
+        "CODEINDEX_GITLAB_WEBHOOK_TOKEN": SECRET,
         "CODEINDEX_API_MAX_BODY_BYTES": str(MAX_BODY)}))
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
 
@@ -191,6 +192,13 @@ def test_tokens_scopes_and_bad_bodies_are_refused_and_enqueue_nothing(api: httpx
     assert api.post("/v1/repos", json={"url": "https://user:pw@github.invalid/x.git"},
                     headers=auth(WRITE)).status_code == 422
     assert api.get("/v1/runs/no-such-run", headers=auth(READ)).status_code == 404
+    gitlab = json.dumps({"ref": "refs/heads/feature", "checkout_sha": "0" * 40,
+                         "project": {"git_http_url": history.url}}).encode()
+    hook = {"X-Gitlab-Event": "Push Hook", "Idempotency-Key": str(uuid.uuid4())}
+    assert api.post("/v1/webhooks/gitlab", content=gitlab, headers={**hook, "X-Gitlab-Token": "wrong"}).status_code == 401
+    assert api.post("/v1/webhooks/gitlab", content=gitlab, headers=hook).status_code == 401
+    other_branch = api.post("/v1/webhooks/gitlab", content=gitlab, headers={**hook, "X-Gitlab-Token": SECRET})
+    assert other_branch.status_code == 200 and "ignored" in other_branch.json()
     time.sleep(1.0)
     assert runs_and_queued(fleet) == before
 
