@@ -32,8 +32,8 @@ def api(
 
     from api.app import create_app  # lazy: FastAPI and the runtime, after the settings were checked
 
+    application = create_app(settings)  # first: a bad token setting is one `error:` line, no traceback
     log_at(loglevel)
-    application = create_app(settings)
     uvicorn.run(application, host=host or settings.api_host, port=port or settings.api_port,
                 log_level=loglevel.value.lower(), access_log=loglevel is LogLevel.DEBUG,
                 timeout_graceful_shutdown=30, log_config=None)

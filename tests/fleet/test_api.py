@@ -209,3 +209,13 @@ def test_tokens_scopes_and_bad_bodies_are_refused_and_enqueue_nothing(api: httpx
     run = finished_run(api, listed.headers["Location"])
     assert run["status"] == "succeeded" and [f["path"] for f in run["files"]] == ["listed.py"], run
     assert git(history.work, "rev-parse", "HEAD").strip() == head
+
+
+def test_the_api_refuses_to_start_without_tokens_or_with_a_malformed_one(fleet, tmp_path: Path):
+    refused = fleet.cli("api", "--port", str(free_port()), check=False, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: no API tokens"), refused.stderr
+    pasted = "ci_" + uuid.uuid4().hex  # a token pasted where its hash belongs
+    malformed = fleet.cli("api", "--port", str(free_port()), check=False, timeout=60,
+                          extra_env={"CODEINDEX_API_TOKENS": f"write:{pasted}"})
+    assert malformed.returncode == 2 and "not a hex SHA-256" in malformed.stderr
+    assert pasted not in malformed.stderr + malformed.stdout
