@@ -4,7 +4,9 @@ Three modes over any :class:`~indexing.store.VectorStore`: ``vector`` (the query
 cosine), ``lexical`` (BM25 over the code-aware terms of indexing/lexical.py) and ``hybrid``
 (both lists fused by reciprocal rank fusion: Cormack, Clarke and Büttcher, "Reciprocal Rank
 Fusion outperforms Condorcet and individual Rank Learning Methods", SIGIR 2009, with their
-``k = 60``). Filters go inside each store query (:class:`~indexing.store.SearchFilter`).
+``k = 60``), led by the exact matches of a query that names an identifier or quotes a literal
+(:func:`indexing.lexical.exact_terms`). Filters go inside each store query
+(:class:`~indexing.store.SearchFilter`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from enum import StrEnum
 
 from indexing.embedders import Embedder
 from indexing.errors import UsageError
-from indexing.lexical import query_terms
+from indexing.lexical import exact_terms, query_terms
 from indexing.store import SearchFilter, SearchHit, VectorStore
 
 #: RRF's constant (the paper's 60): a rank's weight is ``1 / (RRF_K + rank)``.
 RRF_K = 60
 #: How many hits each retriever gives a hybrid search to fuse, at least (``k`` when larger).
 HYBRID_CANDIDATES = 50
+#: At most this many exact matches (a named identifier's definition, a quoted literal) lead a
+#: hybrid answer, ahead of the fused list: code search users expect an identifier to find its
+#: definition first, which an embedding's nearest neighbours (callers, look-alikes) can outvote.
+EXACT_FIRST = 3
 
 
 class SearchMode(StrEnum):
@@ -101,7 +107,13 @@ def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str]
         if mode is not SearchMode.VECTOR:
             lists["lexical"] = store.lexical_search(query_terms(query), depth, filters)
         if mode is SearchMode.HYBRID:
-            answers.append(fuse(lists, k, {"lexical": lexical_weight}))
+            exact = store.lexical_search(exact, EXACT_FIRST, filters) if (exact := exact_terms(query)) else []
+            fused = fuse(lists, k + len(exact), {"lexical": lexical_weight})
+            found = {r.hit.id: r for r in fused}
+            first = [RankedHit(h, found[h.id].score if h.id in found else 0.0,
+                               found[h.id].retrievers if h.id in found else ("lexical",)) for h in exact]
+            leading = {h.id for h in exact}
+            answers.append([*first, *(r for r in fused if r.hit.id not in leading)][:k])
         else:
             ((name, ranked),) = lists.items()
             answers.append([RankedHit(hit, hit.score, (name,)) for hit in ranked[:k]])
