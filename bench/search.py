@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -208,7 +210,19 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]
     return round(float(diff.mean()), 3), round(float(np.percentile(means, 2.5)), 3), round(float(np.percentile(means, 97.5)), 3)
 
 
-def index_with_cli(tree: Path, home: Path, embedder: str) -> float:
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of an SQLite database (its backup API), also while it is written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(src) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+
+
+def index_with_cli(tree: Path, home: Path, embedder: str, cache: Path | None) -> float:
+    """``codeindex sync --all`` of ``tree`` into ``home``; with ``cache``, the embedding cache is
+    seeded from and saved to ``cache/embeddings.sqlite`` (vectors by model and text hash: a rerun
+    embeds only texts it has not seen)."""
+    if cache is not None and (cache / "embeddings.sqlite").exists():
+        _copy_sqlite(cache / "embeddings.sqlite", home / "embeddings.sqlite")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEINDEX_")}
     env.update(CODEINDEX_HOME=str(home), CODEINDEX_EMBEDDER=embedder)
     started = time.perf_counter()
@@ -216,10 +230,33 @@ def index_with_cli(tree: Path, home: Path, embedder: str) -> float:
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"sync failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if cache is not None:
+        _copy_sqlite(home / "embeddings.sqlite", cache / "embeddings.sqlite")
+    return seconds
 
 
-def baseline(tree: Path, paths: list[str], queries: list[Query], embedder) -> list[list[tuple[str, int, int]]]:
+def _embed_cached(embedder, texts: list[str], cache: Path | None) -> np.ndarray:
+    """``embedder.embed(texts)``, reusing ``cache/baseline.npz`` (vectors by SHA-256 of the text)."""
+    if cache is None:
+        return embedder.embed(texts)
+    keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    store = cache / f"baseline-{embedder.model_id.replace('/', '_')}.npz"
+    known: dict[str, np.ndarray] = {}
+    if store.exists():
+        data = np.load(store)
+        known = dict(zip(data["keys"].tolist(), data["vectors"]))
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        for i, vector in zip(missing, embedder.embed([texts[i] for i in missing])):
+            known[keys[i]] = vector
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(store, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+    return np.stack([known[key] for key in keys])
+
+
+def baseline(tree: Path, paths: list[str], queries: list[Query], embedder,
+             cache: Path | None) -> list[list[tuple[str, int, int]]]:
     """LangChain's RecursiveCharacterTextSplitter(1500, 200) over ``paths``, cosine top K."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter  # bench-only dependency
 
@@ -232,13 +269,14 @@ def baseline(tree: Path, paths: list[str], queries: list[Query], embedder) -> li
             spans.append((rel, start, start + doc.page_content.count("\n")))
             texts.append(doc.page_content)
     log(f"baseline: {len(texts)} chunks to embed")
-    matrix = embedder.embed(texts)
+    matrix = _embed_cached(embedder, texts, cache)
     scores = embedder.embed([q.text for q in queries]) @ matrix.T
     top = np.argsort(-scores, axis=1)[:, :K]
     return [[spans[i] for i in row] for row in top]
 
 
-def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_queries: int | None) -> dict | None:
+def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_queries: int | None,
+            cache_root: Path | None) -> dict | None:
     found = source_of(name, work)
     if found is None:
         log(f"{name}: not on this machine, skipped")
@@ -247,7 +285,8 @@ def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_
     tree = work / f"{name}-tree"
     queries = build_tree(source, prefix, tree, max_queries)
     home = work / f"{name}-home"
-    seconds = index_with_cli(tree, home, embedder_kind)
+    cache = cache_root / name if cache_root else None
+    seconds = index_with_cli(tree, home, embedder_kind, cache)
     store = LanceDBStore(home / "lancedb", "codeindex")
     chunks = store.count()
     log(f"{name}: {len(queries)} queries, {chunks} chunks indexed in {seconds:.0f}s")
@@ -261,7 +300,7 @@ def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_
         result["modes"][mode.value] = figures(rrs[mode.value])
     if not skip_baseline:
         paths = sorted({row["path"] for row in store.export()})
-        rrs["baseline"] = reciprocal_ranks(queries, baseline(tree, paths, queries, embedder))
+        rrs["baseline"] = reciprocal_ranks(queries, baseline(tree, paths, queries, embedder, cache))
         result["modes"]["baseline"] = figures(rrs["baseline"])
         result["vs_baseline"] = {m.value: paired_bootstrap(rrs[m.value], rrs["baseline"]) for m in SearchMode}
     result["hybrid_vs_vector"] = paired_bootstrap(rrs["hybrid"], rrs["vector"])
@@ -333,13 +372,15 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="sample this many queries per repository")
     parser.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep embeddings here between runs (per repository: the sync's cache, the baseline's)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="codeindex-bench-search-"))
     results: dict = {"embedder": args.embedder, "repos": [], "command": " ".join(sys.argv)}
     try:
         latency_queries: list[str] = []
-        for name in args.repos.split(","):
-            found = quality(name, work, args.embedder, args.skip_baseline, args.max_queries)
+        for name in filter(None, args.repos.split(",")):
+            found = quality(name, work, args.embedder, args.skip_baseline, args.max_queries, args.cache)
             if found is None:
                 continue
             results["repos"].append(found)
