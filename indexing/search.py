@@ -41,7 +41,8 @@ class SearchMode(StrEnum):
 @dataclass(frozen=True, slots=True)
 class RankedHit:
     """One result: the stored chunk (``hit``; its ``score`` is the retriever's own), the score the
-    list is ordered by (cosine for ``vector``, BM25 for ``lexical``, the RRF sum for ``hybrid``),
+    list is ordered by (cosine for ``vector``, BM25 for ``lexical``, the RRF sum for ``hybrid``, where
+    the exact matches that lead score above it),
     and which retrievers found it (``("vector",)``, ``("lexical",)`` or both)."""
 
     hit: SearchHit
@@ -110,8 +111,11 @@ def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str]
             exact = store.lexical_search(exact, EXACT_FIRST, filters) if (exact := exact_terms(query)) else []
             fused = fuse(lists, k + len(exact), {"lexical": lexical_weight})
             found = {r.hit.id: r for r in fused}
-            first = [RankedHit(h, found[h.id].score if h.id in found else 0.0,
-                               found[h.id].retrievers if h.id in found else ("lexical",)) for h in exact]
+            # An exact match scores above any fused hit (at most the sum of the lists' weights
+            # over RRF_K + 1), the exact matches in their BM25 order.
+            top = (1.0 + lexical_weight) / (RRF_K + 1)
+            first = [RankedHit(h, top + 1.0 / (RRF_K + 1 + i),
+                               found[h.id].retrievers if h.id in found else ("lexical",)) for i, h in enumerate(exact)]
             leading = {h.id for h in exact}
             answers.append([*first, *(r for r in fused if r.hit.id not in leading)][:k])
         else:

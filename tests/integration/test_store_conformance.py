@@ -328,7 +328,11 @@ def test_search_returns_the_nearest_first_within_the_repo_asked(store: VectorSto
     assert store.search(query, k=3, filters=SearchFilter(repo="gamma")) == []
 
 
-def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backend, store: VectorStore):
+def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backend, store: VectorStore,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    # LanceDB: the first upsert folds its rows into the full-text index, the later writes are
+    # searched unindexed: both paths are checked.
+    monkeypatch.setattr("indexing.lance_store.FTS_REFRESH_ROWS", 4)
     store.ensure_collection(DIMENSION)
     texts = ["def parse_config_file(path):\n    return load(path)",
              "class HttpServerError(Exception):\n    pass",
@@ -428,9 +432,10 @@ def test_a_collection_dropped_by_another_instance_reads_as_gone(backend: Backend
         "export": lambda: list(store.export()),
         "inventory": lambda: list(store.inventory("alpha")),
         "search": lambda: store.search(direction(0), k=3),
+        "lexical_search": lambda: store.lexical_search("alpha", k=3),
         "chunk_indexes": lambda: store.chunk_indexes("alpha", ["a.py"]),
     }
-    gone = {"count": 0, "export": [], "inventory": [], "search": [], "chunk_indexes": {}}
+    gone = {"count": 0, "export": [], "inventory": [], "search": [], "lexical_search": [], "chunk_indexes": {}}
     outcome = {}
     for name, read in reads.items():
         try:
@@ -461,7 +466,8 @@ def test_operations_on_a_collection_never_created(backend: Backend, store: Vecto
     assert store.count() == 0 and store.count("alpha") == 0
     assert list(store.export()) == [] and list(store.export(with_vectors=True)) == []
     assert list(store.inventory("alpha")) == []
-    assert store.search(o.vector, k=5) == [] and store.search(o.vector, k=5, repo="alpha") == []
+    assert store.search(o.vector, k=5) == [] and store.search(o.vector, k=5, filters=SearchFilter(repo="alpha")) == []
+    assert store.lexical_search("alpha", 5) == [] and store.lexical_search("alpha", 5, SearchFilter(repo="alpha")) == []
     assert store.chunk_indexes("alpha", ["a.py"]) == {}
     assert store.upsert([]) == 0
     store.delete([], fence=1)
