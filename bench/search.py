@@ -316,16 +316,18 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> 
     store.ensure_collection(hashing.dimension)
     pending: list[VectorObject] = []
     total = 0
-    files = sorted(p for p in SITE_PACKAGES.rglob("*.py") if p.stat().st_size < 256 * 1024)
+    # Every site-packages directory on the path: this venv's and the one it layers on.
+    roots = list(dict.fromkeys(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    files = sorted((p, root) for root in roots for p in root.rglob("*.py") if p.stat().st_size < 256 * 1024)
     started = time.perf_counter()
-    for path in files:
-        if total >= target:
+    for path, root in files:
+        if total + len(pending) >= target:
             break
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        rel = path.relative_to(SITE_PACKAGES).as_posix()
+        rel = f"{roots.index(root)}/{path.relative_to(root).as_posix()}"  # unique across the roots
         chunks = chunk_text(text, hashing.max_tokens, hashing.count_tokens, "python")
         vectors = hashing.embed([c.text for c in chunks]) if chunks else []
         for c, v in zip(chunks, vectors):

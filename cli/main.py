@@ -291,7 +291,7 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top", min=1, max=1000, help="How many chunks to return.")] = 10,
     mode: Annotated[Optional[Mode], typer.Option(
         "--mode", help="vector, lexical (BM25 over code-aware terms) or hybrid (both, fused); "
-                       "default CODEINDEX_SEARCH_MODE (hybrid).")] = None,
+                       "default CODEINDEX_SEARCH_MODE (vector; hybrid finds identifiers first).")] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Only this repository id.")] = None,
     path: Annotated[Optional[str], typer.Option(
         "--path", help="Only paths matching this glob (* and ** match any characters, ? one; "

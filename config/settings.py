@@ -67,9 +67,10 @@ class Settings(BaseSettings):
     batch_bytes: int = Field(default=1_048_576, ge=1024, description="Bytes per embedding task.")
     model_batch_size: int = Field(default=32, ge=1, description="Texts per model forward pass.")
     search_mode: SearchModeName = Field(
-        default="hybrid",
+        default="vector",
         description="codeindex search's default mode: vector (embeddings), lexical (BM25 over code-aware "
-        "terms) or hybrid (both, reciprocal rank fusion); bench/search.py measures each (docs/search.md).",
+        "terms) or hybrid (both, reciprocal rank fusion, exact identifier matches first). vector, because "
+        "hybrid did not beat it on natural-language queries (bench/search.py, docs/search.md).",
     )
     search_lexical_weight: float = Field(
         default=1.0, ge=0.0, le=10.0,

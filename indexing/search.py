@@ -81,7 +81,7 @@ def fuse(lists: dict[str, Sequence[SearchHit]], k: int, weights: dict[str, float
 
 
 def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str], k: int,
-           mode: SearchMode = SearchMode.HYBRID, filters: SearchFilter | None = None,
+           mode: SearchMode, filters: SearchFilter | None = None,
            lexical_weight: float = 1.0) -> list[list[RankedHit]]:
     """Answer each of ``queries`` with its best ``k`` hits (``k`` >= 1), in ``mode``, among the
     objects ``filters`` admits; one list per query, in order.

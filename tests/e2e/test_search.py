@@ -90,9 +90,12 @@ def test_the_cli_searches_in_each_mode_with_filters_and_batches(kombu_index: Pat
     text = env_run(name, "--mode", "lexical", "-k", "2")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f" 1. {path}:") and "via=lexical" in text.stdout
-    as_json = env_run(name, "--json", "-k", "3", "--language", "python", "--path", "kombu/**/*.py")
+    as_json = env_run(name, "--json", "-k", "3", "--mode", "hybrid", "--language", "python", "--path", "kombu/**/*.py")
     rows = json.loads(as_json.stdout)
-    assert rows[0]["path"] == path and rows[0]["mode"] == "hybrid"
+    assert rows[0]["path"] == path and rows[0]["mode"] == "hybrid" and "lexical" in rows[0]["retriever"]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    default = json.loads(env_run(name, "--json", "-k", "1").stdout)
+    assert default[0]["mode"] == "vector" and default[0]["retriever"] == "vector"
     assert {"retriever", "score", "start_line", "end_line", "repo"} <= set(rows[0])
     queries = f"{functions[1][0]}\n\n{functions[2][0]}\n"
     batch = env_run("--queries", "-", "-k", "1", "--mode", "lexical", stdin=queries)
