@@ -35,8 +35,9 @@ WRITE_LOCK_TIMEOUT = 300.0
 TERMS = "terms"
 #: Rows written since the full-text index was last brought up to date after which a write
 #: updates it (``Table.optimize``). Until then LanceDB searches those rows without the index
-#: (exact, slower: LanceDB docs, "Full-text search": unindexed rows are searched by a flat scan).
-FTS_REFRESH_ROWS = 5000
+#: (exact, slower: LanceDB docs, "Full-text search": unindexed rows are searched by a flat scan,
+#: about 70 us a row here: 2,126 unindexed rows made a lexical query 150 ms, indexed 15 ms).
+FTS_REFRESH_ROWS = 1000
 _HIT_COLUMNS = list(SearchHit.__slots__[:-1])
 
 
