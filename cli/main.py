@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -241,32 +242,78 @@ def sync(
         raise typer.Exit(1)
 
 
+class Mode(StrEnum):
+    """What ``--mode`` accepts (indexing.search.SearchMode)."""
+
+    VECTOR = "vector"
+    LEXICAL = "lexical"
+    HYBRID = "hybrid"
+
+
+def _read_queries(source: Path) -> list[str]:
+    """The queries of ``--queries``: one per non-blank line of the file, or of standard input for ``-``."""
+    try:
+        text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read queries from {source}: {exc}") from None
+    queries = [line.strip() for line in text.splitlines() if line.strip()]
+    if not queries:
+        raise UsageError(f"no query in {source}")
+    return queries
+
+
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in natural language or code.")],
+    query: Annotated[Optional[str], typer.Argument(help="What to look for, in natural language or code.")] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, max=1000, help="How many chunks to return.")] = 10,
+    mode: Annotated[Optional[Mode], typer.Option(
+        "--mode", help="vector, lexical (BM25 over code-aware terms) or hybrid (both, fused); "
+                       "default CODEINDEX_SEARCH_MODE (vector; hybrid finds identifiers first).")] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Only this repository id.")] = None,
+    path: Annotated[Optional[str], typer.Option(
+        "--path", help="Only paths matching this glob (* and ** match any characters, ? one; "
+                       "a directory matches what is beneath it).")] = None,
+    language: Annotated[Optional[str], typer.Option("--language", help="Only this language (python, go, ...).")] = None,
+    queries_file: Annotated[Optional[Path], typer.Option(
+        "--queries", help="Answer every query of FILE (one a line; - for standard input), embedded in one "
+                          "batch; prints one JSON line per query.", allow_dash=True, dir_okay=False)] = None,
     json_out: JsonOut = False,
     root: RootOpt = None,
     collection: CollectionOpt = None,
 ) -> None:
-    """Print the top-k chunks nearest to QUERY, with path, line range and score.
+    """Print the top-k chunks for QUERY, with path, line range, score and the retriever that found them.
 
     The query is embedded with the model the collection was built with.
     """
+    if (query is None) == (queries_file is None):
+        raise UsageError("give one QUERY or --queries FILE")
     _, settings = setup(root, collection)
+    from indexing.search import SearchMode, search as run_search  # lazy: the domain, after setup
+    from indexing.store import SearchFilter  # lazy: likewise
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
+    queries = [query] if query is not None else _read_queries(queries_file)
+    chosen = SearchMode(mode or settings.search_mode)
+    filters = SearchFilter(repo=repo, path=path, language=language)
     rt = runtime()
     meta = rt.readonly_state().collection_meta(settings.collection)
     if meta is None:
         raise UsageError(f"collection {settings.collection!r} is empty: run `codeindex sync --all` first")
-    embedder = rt.embedder_for_model(meta.embedding_model)
-    hits = rt.vector_store(settings.collection).search(embedder.embed([query])[0], k, repo)
+    embedder = None if chosen is SearchMode.LEXICAL else rt.embedder_for_model(meta.embedding_model)
+    answers = run_search(rt.vector_store(settings.collection), embedder, queries, k, chosen, filters,
+                         settings.search_lexical_weight)
+    if queries_file is not None:
+        for text, hits in zip(queries, answers):
+            doc = {"query": text, "mode": chosen.value, "results": [h.as_dict() for h in hits]}
+            sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    hits = answers[0]
     if json_out:
-        return print_json([{name: getattr(h, name) for name in h.__slots__} for h in hits])
-    for rank, hit in enumerate(hits, 1):
-        sys.stdout.write(f"{rank:>2}. {hit.path}:{hit.start_line}-{hit.end_line}  score={hit.score:.3f}  repo={hit.repo}\n")
+        return print_json([{**h.as_dict(), "mode": chosen.value} for h in hits])
+    for rank, ranked in enumerate(hits, 1):
+        hit = ranked.hit
+        sys.stdout.write(f"{rank:>2}. {hit.path}:{hit.start_line}-{hit.end_line}  score={ranked.score:.3f}  "
+                         f"repo={hit.repo}  via={ranked.retriever}\n")
         for line in hit.content.splitlines()[:3]:
             sys.stdout.write(f"      {line[:120]}\n")
 

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EmbedderKind = Literal["minilm", "hashing"]
+SearchModeName = Literal["vector", "lexical", "hybrid"]
 ContentStrategy = Literal["auto", "inline", "object_storage", "git_reference", "path"]
 
 
@@ -65,6 +66,16 @@ class Settings(BaseSettings):
     batch_files: int = Field(default=64, ge=1, description="Files per embedding task (chord header).")
     batch_bytes: int = Field(default=1_048_576, ge=1024, description="Bytes per embedding task.")
     model_batch_size: int = Field(default=32, ge=1, description="Texts per model forward pass.")
+    search_mode: SearchModeName = Field(
+        default="vector",
+        description="codeindex search's default mode: vector (embeddings), lexical (BM25 over code-aware "
+        "terms) or hybrid (both, reciprocal rank fusion, exact identifier matches first). vector, because "
+        "hybrid did not beat it on natural-language queries (bench/search.py, docs/search.md).",
+    )
+    search_lexical_weight: float = Field(
+        default=1.0, ge=0.0, le=10.0,
+        description="The lexical list's weight in hybrid search's rank fusion (1.0: equal to the vector list's).",
+    )
     delete_threshold: float = Field(
         default=0.2, ge=0.0, le=1.0,
         description="A sync deleting more than this share of a repository's files needs --force.",

@@ -8,11 +8,14 @@ token is never overwritten or deleted by an older writer (DESIGN.md, "Reliabilit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from indexing.errors import UsageError
 
 EXPORT_FIELDS = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content_sha256", "embedding_model")
 
@@ -50,7 +53,9 @@ class StoredChunk:
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """A search result: ``score`` is the cosine similarity (1.0 = same direction)."""
+    """A search result. From :meth:`VectorStore.search`, ``score`` is the cosine similarity (1.0 =
+    same direction); from :meth:`VectorStore.lexical_search`, the store's BM25 score (0 and up,
+    comparable only within one answer)."""
 
     id: str
     repo: str
@@ -61,6 +66,43 @@ class SearchHit:
     content: str
     language: str
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """What a search is restricted to, applied inside the store's query (a pre-filter), so that a
+    narrow filter still returns ``k`` hits when the store holds them.
+
+    ``repo``: a repository id. ``path``: a glob over the repository-relative path, with git
+    pathspec's default rules (``*`` and ``**`` match any characters, ``/`` included; ``?`` one
+    character); a pattern also matches every path beneath it (``src`` finds ``src/a.py``).
+    ``language``: a language name as :func:`indexing.languages.language_of` records it.
+    """
+
+    repo: str | None = None
+    path: str | None = None
+    language: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            check_glob(self.path)
+
+
+def check_glob(pattern: str) -> None:
+    """Raise UsageError for a path glob a store cannot evaluate: empty, or with a character
+    class (``[...]``: neither SQL LIKE nor Weaviate's ``like`` has one)."""
+    if not pattern or "[" in pattern or "]" in pattern:
+        raise UsageError(f"path glob {pattern!r}: use *, ** and ? (character classes [...] are not supported)")
+
+
+def glob_to_like(pattern: str) -> list[str]:
+    """The SQL LIKE patterns (escape character ``\\``) a path must match one of for ``pattern``
+    (:class:`SearchFilter`): the pattern itself and, for a directory, everything beneath it.
+    ``src/*.py`` -> ``['src/%.py', 'src/%.py/%']``."""
+    check_glob(pattern)
+    body = re.sub(r"\*+", "*", re.sub(r"\*\*/", "*", pattern.strip("/")))
+    like = "".join({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(c, c) for c in body)
+    return [like, like + "/%"]
 
 
 class VectorStore(Protocol):
@@ -99,8 +141,18 @@ class VectorStore(Protocol):
         repositories are then indexed again)."""
         ...
 
-    def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
-        """Return the ``k`` objects nearest to ``vector`` (cosine), optionally within ``repo``."""
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        """Return the ``k`` objects nearest to ``vector`` (cosine) among those ``filters`` admits."""
+        ...
+
+    def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        """Return the ``k`` objects that best match ``terms`` (BM25 over the full-text index of each
+        object's :func:`indexing.lexical.document_terms`; ``terms`` from
+        :func:`indexing.lexical.query_terms`) among those ``filters`` admits, best first.
+
+        The full-text index follows every upsert and delete (no object is found that the vector
+        search would not find, and none is missing): tests/integration/test_store_conformance.py.
+        """
         ...
 
     def count(self, repo: str | None = None) -> int:

@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from indexing.errors import StoreError, UsageError
-from indexing.store import EXPORT_FIELDS, SearchHit, StoredChunk, VectorObject
+from indexing.lexical import document_terms
+from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject
 
 if TYPE_CHECKING:
     from weaviate import WeaviateClient
@@ -48,6 +49,8 @@ _TEXT_FIELDS = ("repo", "path", "language", "content_sha256", "commit", "indexed
 _INT_FIELDS = ("chunk_index", "start_line", "end_line", "fence")
 _PROPERTIES = ("repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
                "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
+#: The property BM25 searches: :func:`indexing.lexical.document_terms` of the object.
+TERMS = "terms"
 _HIT_PROPERTIES = ("repo", "path", "chunk_index", "start_line", "end_line", "content", "language")
 _INVENTORY_PROPERTIES = ("repo", "path", "chunk_index", "content", "content_sha256")
 #: Weaviate's rule for class names (weaviate-client v4 docs: "Collection definition"): a capital,
@@ -119,19 +122,32 @@ def _schema() -> list[Property]:
     token (``Tokenization.FIELD``): with the default ``word`` tokenization ``path = "a/b.py"``
     would also match ``b/a.py``. FIELD trims surrounding whitespace, so values differing only in
     it compare equal on the server; the reads that return properties compare exactly again here.
-    ``fence`` has a range index for the ``fence <= token`` filters of deletes.
+    ``fence`` has a range index for the ``fence <= token`` filters of deletes. ``terms`` (the
+    code-aware terms of indexing/lexical.py) is the one property BM25 searches, split at
+    whitespace only (``Tokenization.WHITESPACE``) so that ``get_user`` stays one token.
     """
     from weaviate.classes.config import DataType, Property, Tokenization  # lazy: weaviate costs 0.5 s to import
 
     text = [Property(name=name, data_type=DataType.TEXT, tokenization=Tokenization.FIELD) for name in _TEXT_FIELDS]
     ints = [Property(name=name, data_type=DataType.INT, index_range_filters=name == "fence") for name in _INT_FIELDS]
     content = Property(name="content", data_type=DataType.TEXT, index_filterable=False)
-    return [*text, *ints, content]
+    return [*text, *ints, content, _terms_property()]
+
+
+def _terms_property() -> Property:
+    """The ``terms`` property (see :func:`_schema`): searchable, never filtered on."""
+    from weaviate.classes.config import DataType, Property, Tokenization  # lazy: see _schema
+
+    return Property(name=TERMS, data_type=DataType.TEXT, tokenization=Tokenization.WHITESPACE,
+                    index_filterable=False, index_searchable=True)
 
 
 def _properties(obj: VectorObject) -> dict[str, Any]:
-    """The Weaviate properties of ``obj``: every field but ``id`` (the object's uuid) and ``vector``."""
-    return {name: (int(getattr(obj, name)) if name in _INT_FIELDS else getattr(obj, name)) for name in _PROPERTIES}
+    """The Weaviate properties of ``obj``: every field but ``id`` (the object's uuid) and ``vector``,
+    and its full-text ``terms``."""
+    props = {name: (int(getattr(obj, name)) if name in _INT_FIELDS else getattr(obj, name)) for name in _PROPERTIES}
+    props[TERMS] = document_terms(obj.path, obj.content)
+    return props
 
 
 def _data_object(obj: VectorObject) -> DataObject:
@@ -187,6 +203,26 @@ def _repo_filter(repo: str) -> _Filters:
     return Filter.by_property("repo").equal(repo)
 
 
+def _search_filter(filters: SearchFilter | None) -> _Filters | None:
+    """The Weaviate filter of ``filters`` (None when it admits everything): ``repo`` and
+    ``language`` compared whole, the path glob as ``like`` (Weaviate's ``*`` matches any
+    characters and ``?`` one, as SearchFilter's ``*`` and ``?`` do; ``**`` is ``*``) on the
+    pattern or beneath it (weaviate-client v4 docs: "Filters", ``Filter.by_property().like``)."""
+    from weaviate.classes.query import Filter  # lazy: see _schema
+
+    if filters is None:
+        return None
+    parts = []
+    if filters.repo:
+        parts.append(_repo_filter(filters.repo))
+    if filters.language:
+        parts.append(Filter.by_property("language").equal(filters.language))
+    if filters.path:
+        glob = re.sub(r"\*+", "*", re.sub(r"\*\*/", "*", filters.path.strip("/")))
+        parts.append(Filter.by_property("path").like(glob) | Filter.by_property("path").like(glob + "/*"))
+    return Filter.all_of(parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+
 def _paths_filter(repo: str, paths: Sequence[str]) -> _Filters:
     """The objects of ``repo`` whose path is one of ``paths`` (1 to :data:`PATH_BATCH` of them)."""
     from weaviate.classes.query import Filter  # lazy: see _schema
@@ -212,6 +248,17 @@ def _hit(obj: Object) -> SearchHit:
                      language=props["language"], score=_score(obj.metadata.distance))
 
 
+def _lexical_hit(obj: Object) -> SearchHit:
+    """The :class:`SearchHit` of one object of a ``bm25`` answer (asked with
+    ``MetadataQuery(score=True)``; without a score it raises ValueError)."""
+    if obj.metadata.score is None:
+        raise ValueError("the search answer carries no score; ask for MetadataQuery(score=True)")
+    props = obj.properties
+    return SearchHit(id=str(obj.uuid), repo=props["repo"], path=props["path"], chunk_index=int(props["chunk_index"]),
+                     start_line=int(props["start_line"]), end_line=int(props["end_line"]), content=props["content"],
+                     language=props["language"], score=float(obj.metadata.score))
+
+
 def _stored_chunk(obj: Object) -> StoredChunk:
     """The :class:`StoredChunk` of one object read with the inventory's properties."""
     props = obj.properties
@@ -228,6 +275,16 @@ def _export_row(obj: Object, with_vectors: bool) -> dict:
     if with_vectors:
         row["vector"] = [float(x) for x in obj.vector[VECTOR_NAME]]
     return row
+
+
+def _admits(filters: SearchFilter | None, obj: Object) -> bool:
+    """Whether an answer's object has exactly the filtered repo and language (FIELD tokenization
+    trims whitespace on the server, so ``"a "`` matched ``"a"`` there; see _schema)."""
+    if filters is None:
+        return True
+    props = obj.properties
+    return (not filters.repo or props["repo"] == filters.repo) and (
+        not filters.language or props["language"] == filters.language)
 
 
 class WeaviateStore:
@@ -346,11 +403,16 @@ class WeaviateStore:
         vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)))``
         (weaviate-client v4 docs: "Manage collections", "Vectorizer and vector index config").
         Weaviate takes a vector index's dimension from its first vector and rejects vectors of
-        another length, so ``dimension`` (> 0) is not declared. Raises StoreError.
+        another length, so ``dimension`` (> 0) is not declared. A collection made before the
+        lexical index gets its ``terms`` property (``collection.config.add_property``). Raises
+        StoreError.
         """
         if dimension <= 0:
             raise ValueError(f"dimension must be positive, got {dimension}")
-        if self._open() is not None:
+        if (handle := self._open()) is not None:
+            with self._failing("add the terms property"):
+                if TERMS not in {prop.name for prop in handle.config.get().properties}:
+                    handle.config.add_property(_terms_property())
             return
         from weaviate.classes.config import Configure, VectorDistances  # lazy: see _schema
         from weaviate.exceptions import WeaviateBaseError  # lazy: see _schema
@@ -504,11 +566,11 @@ class WeaviateStore:
                         tenants.remove([self.tenant])
         self._handle = None
 
-    def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
-        """The ``k`` objects nearest to ``vector`` (cosine), optionally within ``repo``, best first;
-        ``score`` is ``1 - distance``.
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` objects nearest to ``vector`` (cosine) among those ``filters`` admits, best
+        first; ``score`` is ``1 - distance``.
 
-        ``query.near_vector(near_vector=..., limit=k, filters=_repo_filter(repo),
+        ``query.near_vector(near_vector=..., limit=k, filters=_search_filter(filters),
         target_vector=VECTOR_NAME, return_metadata=MetadataQuery(distance=True))`` (weaviate-client
         v4 docs: "Vector similarity search"; Weaviate's cosine distance is ``1 - cos``).
         Raises StoreError.
@@ -521,9 +583,30 @@ class WeaviateStore:
         with self._failing("search"):
             answer = handle.query.near_vector(
                 near_vector=np.asarray(vector, dtype=np.float32).tolist(), limit=k,
-                filters=_repo_filter(repo) if repo else None, target_vector=VECTOR_NAME,
+                filters=_search_filter(filters), target_vector=VECTOR_NAME,
                 return_metadata=MetadataQuery(distance=True), return_properties=list(_HIT_PROPERTIES))
-        return [_hit(obj) for obj in answer.objects if not repo or obj.properties["repo"] == repo]
+        return [_hit(obj) for obj in answer.objects if _admits(filters, obj)]
+
+    def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` objects whose ``terms`` best match ``terms`` (Weaviate's BM25) among those
+        ``filters`` admits, best first; ``score`` is BM25's.
+
+        ``query.bm25(query=terms, query_properties=["terms"], limit=k, filters=_search_filter(filters),
+        return_metadata=MetadataQuery(score=True))`` (weaviate-client v4 docs: "Keyword (BM25)
+        search"). Objects written before the ``terms`` property existed have none until they are
+        written again (``codeindex sync --all`` of an unchanged repository does not rewrite them;
+        drop and re-sync, or ``verify --repair`` after deleting them). Raises StoreError.
+        """
+        handle = self._open()
+        if handle is None or k <= 0 or not terms.strip():
+            return []
+        from weaviate.classes.query import MetadataQuery  # lazy: see _schema
+
+        with self._failing("lexical search"):
+            answer = handle.query.bm25(
+                query=terms, query_properties=[TERMS], limit=k, filters=_search_filter(filters),
+                return_metadata=MetadataQuery(score=True), return_properties=list(_HIT_PROPERTIES))
+        return [_lexical_hit(obj) for obj in answer.objects if _admits(filters, obj)]
 
     def count(self, repo: str | None = None) -> int:
         """Number of objects, in the collection (tenant) or in ``repo``:

@@ -27,7 +27,7 @@ from indexing.errors import (
     StoreError,
     UsageError,
 )
-from indexing.store import SearchHit, StoredChunk, VectorObject, VectorStore
+from indexing.store import SearchFilter, SearchHit, StoredChunk, VectorObject, VectorStore
 
 log = logging.getLogger("codeindex.breakers")
 
@@ -176,8 +176,11 @@ class GuardedVectorStore:
     def drop(self) -> None:
         call_through(self._breaker(), self._store.drop)
 
-    def search(self, vector: np.ndarray, k: int, repo: str | None = None) -> list[SearchHit]:
-        return call_through(self._breaker(), self._store.search, vector, k, repo)
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        return call_through(self._breaker(), self._store.search, vector, k, filters)
+
+    def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
+        return call_through(self._breaker(), self._store.lexical_search, terms, k, filters)
 
     def count(self, repo: str | None = None) -> int:
         return call_through(self._breaker(), self._store.count, repo)

@@ -20,6 +20,9 @@ fence writes, ``delete`` removes the objects whose stored fence is at most the g
 ``chunk_indexes``, ``inventory``, ``count`` per repository; ``search`` nearest first, within a
 repository when asked; ``export`` sorted by id, with and without vectors; ``drop`` and what
 reads answer after it (also in a second instance, as another worker of a fleet has it open);
+``lexical_search`` (an identifier found by its whole name and its parts, following upserts and
+deletes), the filters (repo, language, a path glob and a directory) applied inside the query of
+both searches, so that ``k`` hits come back however few objects pass;
 every operation on a collection never created; and one-call upserts and deletes of thousands
 of objects (more than one SQL ``IN`` list of LanceDB, more than one id filter of Weaviate).
 """
@@ -41,7 +44,8 @@ import pytest
 from indexing.errors import StoreError
 from indexing.ids import object_id
 from indexing.lance_store import LanceDBStore
-from indexing.store import EXPORT_FIELDS, StoredChunk, VectorObject, VectorStore
+from indexing.lexical import query_terms
+from indexing.store import EXPORT_FIELDS, SearchFilter, StoredChunk, VectorObject, VectorStore
 from tests.s3 import S3Endpoint, s3_server  # noqa: F401 - the session fixture, used by name
 
 WEAVIATE_URL = os.environ.get("CODEINDEX_TEST_WEAVIATE_URL")
@@ -316,12 +320,68 @@ def test_search_returns_the_nearest_first_within_the_repo_asked(store: VectorSto
     assert (first.repo, first.path, first.chunk_index, first.start_line, first.end_line, first.content,
             first.language) == (source.repo, source.path, source.chunk_index, source.start_line, source.end_line,
                                 source.content, source.language)
-    beta = store.search(query, k=10, repo="beta")  # more asked than the repo holds: all of it, no other's
+    beta = store.search(query, k=10, filters=SearchFilter(repo="beta"))  # more asked than the repo holds: all of it, no other's
     assert [by_id[h.id].chunk_index for h in beta] == [0, 1, 2]
     assert {h.repo for h in beta} == {"beta"}
-    alpha = store.search(direction(62), k=2, repo="alpha")
+    alpha = store.search(direction(62), k=2, filters=SearchFilter(repo="alpha"))
     assert [(by_id[h.id].path, by_id[h.id].chunk_index) for h in alpha] == [("b.py", 1), ("b.py", 0)]
-    assert store.search(query, k=3, repo="gamma") == []
+    assert store.search(query, k=3, filters=SearchFilter(repo="gamma")) == []
+
+
+def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backend, store: VectorStore,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    # LanceDB: the first upsert folds its rows into the full-text index, the later writes are
+    # searched unindexed: both paths are checked.
+    monkeypatch.setattr("indexing.lance_store.FTS_REFRESH_ROWS", 4)
+    store.ensure_collection(DIMENSION)
+    texts = ["def parse_config_file(path):\n    return load(path)",
+             "class HttpServerError(Exception):\n    pass",
+             "def render(template):\n    raise KeyError('no such template')",
+             "x = 1"]
+    objects = [obj(backend.collection, i, content=text) for i, text in enumerate(texts)]
+    store.upsert(objects)
+
+    def found(query: str, k: int = 10) -> list[int]:
+        return [h.chunk_index for h in store.lexical_search(query_terms(query), k)]
+
+    assert found("parse_config_file")[0] == 0
+    assert found("config")[0] == 0  # a part of a snake_case name
+    assert found("server error")[0] == 1  # parts of a CamelCase name
+    assert found("no such template")[0] == 2  # the words of a string literal
+    hit = store.lexical_search(query_terms("HttpServerError"), 1)[0]
+    assert (hit.id, hit.path, hit.content, hit.start_line) == (objects[1].id, "a.py", texts[1], 11) and hit.score > 0
+    assert found("nothing_matches_this") == [] and store.lexical_search("", 5) == []
+    store.upsert([obj(backend.collection, 0, content="def load_settings():\n    pass")])  # replaced by id
+    assert 0 not in found("parse_config_file") and found("load_settings") == [0]
+    store.delete([objects[1].id], fence=1)
+    assert 1 not in found("HttpServerError") and found("HttpServerError") == [2]  # only its "error" part is left
+    assert sorted(found("def class x pass raise load render settings", k=50)) == [0, 2, 3]
+
+
+def test_filters_apply_inside_both_searches(backend: Backend, store: VectorStore):
+    store.ensure_collection(DIMENSION)
+    many = [obj(backend.collection, i, path="src/app/main.py", content=f"def handler_{i}(): return fetch()",
+                vector=direction(i)) for i in range(40)]
+    few = [replace(obj(backend.collection, i, path=p, content="def fetch(): return handler()", vector=direction(80)),
+                   language=lang)
+           for i, (p, lang) in enumerate([("docs/guide.md", "markdown"), ("docs/api/ref.md", "markdown"),
+                                          ("tools/fetch.go", "go")])]
+    other = [obj(backend.collection, 0, repo="beta", path="docs/guide.md", content="def fetch(): pass",
+                 vector=direction(1))]
+    store.upsert(many + few + other)
+    query, terms = direction(0), query_terms("fetch handler")
+    for search in (lambda f: store.search(query, 2, f), lambda f: store.lexical_search(terms, 2, f)):
+        # The 40 nearest/best objects are filtered out: a post-filter of a top-k would return nothing.
+        assert {(h.path, h.language) for h in search(SearchFilter(language="markdown"))} == {
+            ("docs/guide.md", "markdown"), ("docs/api/ref.md", "markdown")}
+        assert [h.path for h in search(SearchFilter(repo="alpha", path="*.go"))] == ["tools/fetch.go"]
+        assert sorted(h.path for h in search(SearchFilter(repo="alpha", path="docs/**/*.md"))) == [
+            "docs/api/ref.md", "docs/guide.md"]
+        assert [h.path for h in search(SearchFilter(repo="alpha", path="docs/api"))] == ["docs/api/ref.md"]
+        assert [(h.repo, h.path) for h in search(SearchFilter(repo="beta", path="docs/*"))] == [("beta", "docs/guide.md")]
+        assert search(SearchFilter(repo="alpha", path="doc")) == []  # a directory name matches whole
+        assert search(SearchFilter(repo="alpha", path="src/app/main_py")) == []  # _ is no wildcard
+        assert search(SearchFilter(language="rust")) == []
 
 
 def test_export_sorted_by_id_with_and_without_vectors(store: VectorStore, two_repos):
@@ -372,9 +432,10 @@ def test_a_collection_dropped_by_another_instance_reads_as_gone(backend: Backend
         "export": lambda: list(store.export()),
         "inventory": lambda: list(store.inventory("alpha")),
         "search": lambda: store.search(direction(0), k=3),
+        "lexical_search": lambda: store.lexical_search("alpha", k=3),
         "chunk_indexes": lambda: store.chunk_indexes("alpha", ["a.py"]),
     }
-    gone = {"count": 0, "export": [], "inventory": [], "search": [], "chunk_indexes": {}}
+    gone = {"count": 0, "export": [], "inventory": [], "search": [], "lexical_search": [], "chunk_indexes": {}}
     outcome = {}
     for name, read in reads.items():
         try:
@@ -405,7 +466,8 @@ def test_operations_on_a_collection_never_created(backend: Backend, store: Vecto
     assert store.count() == 0 and store.count("alpha") == 0
     assert list(store.export()) == [] and list(store.export(with_vectors=True)) == []
     assert list(store.inventory("alpha")) == []
-    assert store.search(o.vector, k=5) == [] and store.search(o.vector, k=5, repo="alpha") == []
+    assert store.search(o.vector, k=5) == [] and store.search(o.vector, k=5, filters=SearchFilter(repo="alpha")) == []
+    assert store.lexical_search("alpha", 5) == [] and store.lexical_search("alpha", 5, SearchFilter(repo="alpha")) == []
     assert store.chunk_indexes("alpha", ["a.py"]) == {}
     assert store.upsert([]) == 0
     store.delete([], fence=1)

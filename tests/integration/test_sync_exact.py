@@ -40,7 +40,27 @@ def assert_exact(root: Path, workdir: Path) -> list[dict]:
     fresh = fresh_full_index(root, workdir)
     assert [o["id"] for o in current] == [o["id"] for o in fresh]
     assert current == fresh
+    assert_lexical_exact()
     return current
+
+
+def assert_lexical_exact(repo: str = "repo") -> None:
+    """The full-text index holds exactly the vector side's objects, each with its current content:
+    a lexical query of every indexed file's name (each object's terms hold its file name, and
+    ``py`` catches a stray of any Python file) returns every object of the inventory, no other
+    and no older version."""
+    from config.settings import get_settings
+    from indexing.lexical import query_terms
+    from indexing.store import SearchFilter
+    from workers.runtime import runtime
+
+    store = runtime().vector_store(get_settings().collection)
+    vector_side = {chunk.id: chunk.content for chunk in store.inventory(repo)}
+    names = " ".join(sorted({chunk_path.rsplit("/", 1)[-1] for chunk_path in
+                             (c.path for c in store.inventory(repo))} | {"py"}))
+    hits = store.lexical_search(query_terms(names), len(vector_side) + 100, SearchFilter(repo=repo))
+    assert len(hits) == len({h.id for h in hits})
+    assert {h.id: h.content for h in hits} == vector_side
 
 
 def as_pairs(changes) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ import pytest
 
 from indexing.errors import StoreError
 from indexing.ids import object_id
-from indexing.store import StoredChunk, VectorObject
+from indexing.store import SearchFilter, StoredChunk, VectorObject
 from indexing.weaviate_store import ID_BATCH, WeaviateStore
 from workers.breakers import Dependency, GuardedVectorStore, make_breaker
 
@@ -61,7 +61,7 @@ def test_guarded_store_passes_through_to_weaviate(store: WeaviateStore) -> None:
     assert guarded.chunk_indexes("repo", ["a.py", "b.py"]) == {"a.py": [0, 1, 2]}
     hits = guarded.search(objects[1].vector, k=1)
     assert hits[0].id == objects[1].id and hits[0].score == pytest.approx(1.0, abs=1e-5)
-    assert guarded.search(objects[1].vector, k=2, repo="other") == []
+    assert guarded.search(objects[1].vector, k=2, filters=SearchFilter(repo="other")) == []
     assert [row["id"] for row in guarded.export()] == sorted(obj.id for obj in objects)
     partial = guarded.export()
     next(partial)

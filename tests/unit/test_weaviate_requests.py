@@ -21,7 +21,8 @@ from weaviate.exceptions import WeaviateConnectionError
 from indexing import weaviate_store as ws
 from indexing.errors import StoreError, UsageError
 from indexing.ids import object_id
-from indexing.store import EXPORT_FIELDS, SearchHit, StoredChunk, VectorObject
+from indexing.lexical import document_terms
+from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject
 
 SECRET = "sk-test-weaviate-0123456789"
 
@@ -114,7 +115,8 @@ def test_properties_are_every_field_but_id_and_vector() -> None:
     obj = _object(3, fence=7)
     props = ws._properties(obj)
     assert set(props) == {"repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
-                          "content_sha256", "commit", "indexed_at", "embedding_model", "fence"}
+                          "content_sha256", "commit", "indexed_at", "embedding_model", "fence", "terms"}
+    assert props["terms"] == document_terms(obj.path, obj.content) and "defines.f3" in props["terms"].split()
     assert props["fence"] == 7 and props["chunk_index"] == 3 and props["content"] == obj.content
     assert all(type(props[name]) is int for name in ("chunk_index", "start_line", "end_line", "fence"))
 
@@ -243,3 +245,38 @@ def test_a_failure_that_names_the_key_is_blanked_and_not_chained() -> None:
         store.search(np.ones(4), k=3)
     assert SECRET not in str(caught.value) and "***" in str(caught.value) and "tenant repo_a" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# --- lexical search and filters ------------------------------------------------------------------
+
+def test_the_terms_property_is_whitespace_tokenized_and_only_searched() -> None:
+    from weaviate.classes.config import DataType, Tokenization
+
+    terms = {prop.name: prop for prop in ws._schema()}["terms"]
+    assert (terms.dataType, terms.tokenization) == (DataType.TEXT, Tokenization.WHITESPACE)
+    assert (terms.indexSearchable, terms.indexFilterable) == (True, False)
+
+
+def test_search_filters_become_one_weaviate_filter() -> None:
+    assert ws._search_filter(None) is None and ws._search_filter(SearchFilter()) is None
+    assert _leaves(ws._search_filter(SearchFilter(repo="r"))) == [("repo", "Equal", "r")]
+    both = ws._search_filter(SearchFilter(repo="r", language="go"))
+    assert both.operator == "And" and _leaves(both) == [("repo", "Equal", "r"), ("language", "Equal", "go")]
+    glob = ws._search_filter(SearchFilter(path="src/**/*.py"))
+    assert glob.operator == "Or"
+    assert [(o.target, o.operator, o.value) for o in glob.filters] == [
+        ("path", "Like", "src/*.py"), ("path", "Like", "src/*.py/*")]
+    with pytest.raises(UsageError, match="character classes"):
+        SearchFilter(path="src/[ab].py")
+
+
+def test_bm25_hits_carry_the_score_and_filters_are_checked_exactly() -> None:
+    obj = _object(1)
+    stored = Object(uuid=uuid.UUID(obj.id), metadata=MetadataReturn(score=2.5), properties=ws._properties(obj),
+                    references=None, vector={}, collection="Codeindex")
+    assert ws._lexical_hit(stored) == SearchHit(id=obj.id, repo="repo", path="src/a.py", chunk_index=1, start_line=11,
+                                                end_line=19, content=obj.content, language="python", score=2.5)
+    with pytest.raises(ValueError, match="score"):
+        ws._lexical_hit(_as_stored(obj, distance=0.1))
+    assert ws._admits(SearchFilter(repo="repo", language="python"), stored)
+    assert not ws._admits(SearchFilter(repo="repo "), stored) and not ws._admits(SearchFilter(language="go"), stored)

@@ -1,0 +1,124 @@
+"""Search: the one domain function the CLI (one query or a batch) and the HTTP API call.
+
+Three modes over any :class:`~indexing.store.VectorStore`: ``vector`` (the query's embedding,
+cosine), ``lexical`` (BM25 over the code-aware terms of indexing/lexical.py) and ``hybrid``
+(both lists fused by reciprocal rank fusion: Cormack, Clarke and Büttcher, "Reciprocal Rank
+Fusion outperforms Condorcet and individual Rank Learning Methods", SIGIR 2009, with their
+``k = 60``), led by the exact matches of a query that names an identifier or quotes a literal
+(:func:`indexing.lexical.exact_terms`). Filters go inside each store query
+(:class:`~indexing.store.SearchFilter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from indexing.embedders import Embedder
+from indexing.errors import UsageError
+from indexing.lexical import exact_terms, query_terms
+from indexing.store import SearchFilter, SearchHit, VectorStore
+
+#: RRF's constant (the paper's 60): a rank's weight is ``1 / (RRF_K + rank)``.
+RRF_K = 60
+#: How many hits each retriever gives a hybrid search to fuse, at least (``k`` when larger).
+HYBRID_CANDIDATES = 50
+#: At most this many exact matches (a named identifier's definition, a quoted literal) lead a
+#: hybrid answer, ahead of the fused list: code search users expect an identifier to find its
+#: definition first, which an embedding's nearest neighbours (callers, look-alikes) can outvote.
+EXACT_FIRST = 3
+
+
+class SearchMode(StrEnum):
+    """Which retriever(s) a search asks."""
+
+    VECTOR = "vector"
+    LEXICAL = "lexical"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True, slots=True)
+class RankedHit:
+    """One result: the stored chunk (``hit``; its ``score`` is the retriever's own), the score the
+    list is ordered by (cosine for ``vector``, BM25 for ``lexical``, the RRF sum for ``hybrid``, where
+    the exact matches that lead score above it),
+    and which retrievers found it (``("vector",)``, ``("lexical",)`` or both)."""
+
+    hit: SearchHit
+    score: float
+    retrievers: tuple[str, ...]
+
+    @property
+    def retriever(self) -> str:
+        """The retrievers as one word: ``vector``, ``lexical`` or ``vector+lexical``."""
+        return "+".join(self.retrievers)
+
+    def as_dict(self) -> dict:
+        """The JSON form: the hit's fields (``score`` the ranking one) plus ``retriever``."""
+        row = {name: getattr(self.hit, name) for name in SearchHit.__slots__}
+        row["score"] = self.score
+        row["retriever"] = self.retriever
+        return row
+
+
+def fuse(lists: dict[str, Sequence[SearchHit]], k: int, weights: dict[str, float] | None = None,
+         rrf_k: int = RRF_K) -> list[RankedHit]:
+    """Reciprocal rank fusion of ranked lists keyed by retriever name: each hit scores
+    ``sum(weight / (rrf_k + rank))`` over the lists that hold it (rank from 1; weight 1 unless
+    ``weights`` says); ties keep the first list's order. Returns the best ``k``."""
+    scores: dict[str, float] = {}
+    found: dict[str, list[str]] = {}
+    hits: dict[str, SearchHit] = {}
+    for name, ranked in lists.items():
+        weight = (weights or {}).get(name, 1.0)
+        for rank, hit in enumerate(ranked, 1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (rrf_k + rank)
+            found.setdefault(hit.id, []).append(name)
+            hits.setdefault(hit.id, hit)
+    order = sorted(scores, key=lambda i: -scores[i])[:k]
+    return [RankedHit(hits[i], scores[i], tuple(found[i])) for i in order]
+
+
+def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str], k: int,
+           mode: SearchMode, filters: SearchFilter | None = None,
+           lexical_weight: float = 1.0) -> list[list[RankedHit]]:
+    """Answer each of ``queries`` with its best ``k`` hits (``k`` >= 1), in ``mode``, among the
+    objects ``filters`` admits; one list per query, in order.
+
+    All queries are embedded in one call (``embedder.embed``: one batch through the model);
+    ``embedder`` may be None for ``lexical``. ``lexical_weight`` scales the lexical list's RRF
+    weight in ``hybrid`` (1.0: equal). Raises UsageError for an empty query or ``k`` < 1, and
+    the store's StoreError.
+    """
+    if k < 1:
+        raise UsageError(f"k must be at least 1, got {k}")
+    if any(not q.strip() for q in queries):
+        raise UsageError("a search query is empty")
+    mode = SearchMode(mode)
+    if mode is not SearchMode.LEXICAL and embedder is None:
+        raise UsageError(f"{mode} search needs the collection's embedder")
+    vectors = embedder.embed(list(queries)) if mode is not SearchMode.LEXICAL and queries else None
+    depth = k if mode is not SearchMode.HYBRID else max(k, HYBRID_CANDIDATES)
+    answers = []
+    for n, query in enumerate(queries):
+        lists: dict[str, list[SearchHit]] = {}
+        if vectors is not None:
+            lists["vector"] = store.search(vectors[n], depth, filters)
+        if mode is not SearchMode.VECTOR:
+            lists["lexical"] = store.lexical_search(query_terms(query), depth, filters)
+        if mode is SearchMode.HYBRID:
+            exact = store.lexical_search(exact, EXACT_FIRST, filters) if (exact := exact_terms(query)) else []
+            fused = fuse(lists, k + len(exact), {"lexical": lexical_weight})
+            found = {r.hit.id: r for r in fused}
+            # An exact match scores above any fused hit (at most the sum of the lists' weights
+            # over RRF_K + 1), the exact matches in their BM25 order.
+            top = (1.0 + lexical_weight) / (RRF_K + 1)
+            first = [RankedHit(h, top + 1.0 / (RRF_K + 1 + i),
+                               found[h.id].retrievers if h.id in found else ("lexical",)) for i, h in enumerate(exact)]
+            leading = {h.id for h in exact}
+            answers.append([*first, *(r for r in fused if r.hit.id not in leading)][:k])
+        else:
+            ((name, ranked),) = lists.items()
+            answers.append([RankedHit(hit, hit.score, (name,)) for hit in ranked[:k]])
+    return answers
