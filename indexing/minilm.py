@@ -1,9 +1,10 @@
-"""all-MiniLM-L6-v2 without sentence-transformers, transformers or torch: its own WordPiece
-tokenizer (the ``tokenizers`` library on the package's ``tokenizer.json``) and its BERT
-encoder in numpy on the package's ``model.safetensors``, mean-pooled and normalised.
+"""all-MiniLM-L6-v2 without sentence-transformers or transformers: its own WordPiece tokenizer
+(the ``tokenizers`` library on the package's ``tokenizer.json``) and its BERT encoder on the
+package's ``model.safetensors``, mean-pooled and normalised, in numpy for a few texts and in
+torch for many.
 
-Importing sentence-transformers costs about 10 s here (it pulls transformers, scikit-learn,
-scipy) and torch 2-7 s more; this module imports in milliseconds and gives the same vectors
+Importing sentence-transformers costs 10-25 s here (it pulls transformers, scikit-learn,
+scipy, torch); this module imports in milliseconds and gives the same vectors
 (tests/integration/test_model.py compares them with sentence-transformers' on real chunks).
 """
 
