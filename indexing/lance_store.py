@@ -14,6 +14,9 @@ see the latest version (``read_consistency_interval=0``).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
@@ -68,6 +71,43 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_NAMESPACE_CLIENT = "lance_namespace_urllib3_client"
+_defer_lock = threading.Lock()
+
+
+def import_lancedb():
+    """``import lancedb``, without building the REST client of Lance namespaces at import.
+
+    ``lancedb.db`` imports ``lance_namespace``, whose models come from the generated
+    ``lance_namespace_urllib3_client`` package; that package's ``__init__`` also imports its
+    nine REST API modules, which wrap 366 methods in pydantic's ``validate_call``: 1.1-2 s of
+    a 2.7-3.4 s ``import lancedb`` here (``python -X importtime``), for a client that only
+    ``lancedb.connect_namespace("rest", ...)`` uses. The package is put in ``sys.modules``
+    with its path but without running its ``__init__``; its models (which ``lance_namespace``
+    needs) import as submodules, and the first use of anything else the ``__init__`` defines
+    runs it then (a PEP 562 module ``__getattr__``), so every name still resolves. The same
+    deferral upstream: lance-format/lance#9273 (for ``import lance``). Returns the module.
+    """
+    with _defer_lock:
+        if _NAMESPACE_CLIENT not in sys.modules and "lancedb" not in sys.modules:
+            spec = importlib.util.find_spec(_NAMESPACE_CLIENT)
+            if spec is not None and spec.loader is not None and spec.submodule_search_locations is not None:
+                package = importlib.util.module_from_spec(spec)
+
+                def complete(name: str):
+                    with _defer_lock:
+                        if "__getattr__" in package.__dict__:
+                            del package.__dict__["__getattr__"]
+                            spec.loader.exec_module(package)
+                    return getattr(package, name)
+
+                package.__getattr__ = complete
+                sys.modules[_NAMESPACE_CLIENT] = package
+    import lancedb  # lazy: 1-1.5 s even so (pyarrow, the native library); only when a store opens
+
+    return lancedb
+
+
 class LanceDBStore:
     """A LanceDB table named after the collection, under ``uri`` (a directory or ``s3://``).
 
@@ -91,8 +131,7 @@ class LanceDBStore:
     def _db(self):
         """The LanceDB connection, opened on first use (the import alone costs about a second)."""
         if self._conn is None:
-            import lancedb  # lazy: about a second to import (see the docstring)
-
+            lancedb = import_lancedb()
             try:
                 # Always read the latest version: other processes write the same table.
                 self._conn = lancedb.connect(self.uri, read_consistency_interval=timedelta(0),

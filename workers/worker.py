@@ -18,7 +18,9 @@ def _preload_store(**_) -> None:
     # Import LanceDB (and pyarrow) when a pool process starts rather than in its first
     # embedding batch: about 3 s here, which bench/fleet.py saw on every worker's first task.
     # Not in the parent: LanceDB's runtime is not fork-safe.
-    import lancedb  # noqa: F401  # lazy: see above
+    from indexing.lance_store import import_lancedb  # lazy: see above
+
+    import_lancedb()
 
 
 def run(queues: list[str], *, node: str, concurrency: int, pool: str, loglevel: str) -> None:
