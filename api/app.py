@@ -32,7 +32,9 @@ from config.settings import Settings
 from indexing.changes import ChangeList, parse_lines
 from indexing.errors import CodeindexError, RefusedError, UsageError
 from indexing.requests import SyncOptions, url_request, work_tree_requests
+from indexing.search import SearchMode, search_collection
 from indexing.state import RepoRecord, RunStatus, seconds_since
+from indexing.store import SearchFilter
 from tasks.sync import add_repository, send_plan
 from workers.runtime import runtime
 
@@ -245,10 +247,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/search", tags=["search"], dependencies=[read])
     def search(q: Annotated[str, Query(min_length=1, max_length=4096)],
-               k: Annotated[int, Query(ge=1, le=1000)] = 10, repo: str | None = None) -> list[dict]:
-        """The top-k chunks for ``q``: the same results as `codeindex search`."""
-        hits = _search(settings, q, k, repo)
-        return [{name: getattr(h, name) for name in h.__slots__} for h in hits]
+               k: Annotated[int, Query(ge=1, le=1000)] = 10, repo: str | None = None,
+               path: Annotated[str | None, Query(max_length=1024, description="A path glob.")] = None,
+               language: str | None = None, mode: SearchMode | None = None) -> list[dict]:
+        """The top-k chunks for ``q``: the same results as `codeindex search --json` (the same
+        function: path, line range, score, the retriever that found each, the mode)."""
+        chosen = SearchMode(mode or settings.search_mode)
+        hits = search_collection(runtime(), settings.collection, [q], k, chosen,
+                                 SearchFilter(repo=repo, path=path, language=language),
+                                 settings.search_lexical_weight)[0]
+        return [{**h.as_dict(), "mode": chosen.value} for h in hits]
 
     @app.get("/v1/shards", tags=["shards"], dependencies=[read])
     def shards() -> list[dict]:
@@ -459,15 +467,6 @@ def _repo_rows(repo_id: str | None) -> list[dict]:
              "shard_id": owners.get(r.repo_id), "files": r.files, "chunks": r.chunks, "bytes": r.bytes,
              "last_commit": r.last_commit, "indexed_at": r.indexed_at, "freshness_seconds": seconds_since(r.indexed_at)}
             for r in rt.readonly_state().repo_stats() if repo_id is None or r.repo_id == repo_id]
-
-
-def _search(settings: Settings, query: str, k: int, repo: str | None) -> list:
-    rt = runtime()
-    meta = rt.readonly_state().collection_meta(settings.collection)
-    if meta is None:
-        raise UsageError(f"collection {settings.collection!r} is empty: sync a repository first")
-    embedder = rt.embedder_for_model(meta.embedding_model)
-    return rt.vector_store(settings.collection).search(embedder.embed([query])[0], k, repo)
 
 
 def _url_repositories() -> list[RepoRecord]:

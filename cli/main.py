@@ -288,20 +288,15 @@ def search(
     if (query is None) == (queries_file is None):
         raise UsageError("give one QUERY or --queries FILE")
     _, settings = setup(root, collection)
-    from indexing.search import SearchMode, search as run_search  # lazy: the domain, after setup
+    from indexing.search import SearchMode, search_collection  # lazy: the domain, after setup
     from indexing.store import SearchFilter  # lazy: likewise
     from workers.runtime import runtime  # lazy: after setup, which checks the settings first
 
     queries = [query] if query is not None else _read_queries(queries_file)
     chosen = SearchMode(mode or settings.search_mode)
     filters = SearchFilter(repo=repo, path=path, language=language)
-    rt = runtime()
-    meta = rt.readonly_state().collection_meta(settings.collection)
-    if meta is None:
-        raise UsageError(f"collection {settings.collection!r} is empty: run `codeindex sync --all` first")
-    embedder = None if chosen is SearchMode.LEXICAL else rt.embedder_for_model(meta.embedding_model)
-    answers = run_search(rt.vector_store(settings.collection), embedder, queries, k, chosen, filters,
-                         settings.search_lexical_weight)
+    answers = search_collection(runtime(), settings.collection, queries, k, chosen, filters,
+                                settings.search_lexical_weight)
     if queries_file is not None:
         for text, hits in zip(queries, answers):
             doc = {"query": text, "mode": chosen.value, "results": [h.as_dict() for h in hits]}

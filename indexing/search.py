@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from indexing.embedders import Embedder
 from indexing.errors import UsageError
 from indexing.lexical import exact_terms, query_terms
+from indexing.state import StateStore
 from indexing.store import SearchFilter, SearchHit, VectorStore
 
 #: RRF's constant (the paper's 60): a rank's weight is ``1 / (RRF_K + rank)``.
@@ -122,3 +124,26 @@ def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str]
             ((name, ranked),) = lists.items()
             answers.append([RankedHit(hit, hit.score, (name,)) for hit in ranked[:k]])
     return answers
+
+
+class SearchEnvironment(Protocol):
+    """What :func:`search_collection` needs of its process (``workers.runtime.Runtime`` is one)."""
+
+    def readonly_state(self) -> StateStore: ...
+
+    def vector_store(self, collection: str) -> VectorStore: ...
+
+    def embedder_for_model(self, model_id: str) -> Embedder: ...
+
+
+def search_collection(env: SearchEnvironment, collection: str, queries: Sequence[str], k: int, mode: SearchMode,
+                      filters: SearchFilter | None = None, lexical_weight: float = 1.0) -> list[list[RankedHit]]:
+    """:func:`search` over ``collection`` with the model it was built with (the CLI's ``search``
+    and the API's ``/v1/search`` both call this, so they answer alike). The embedder is not
+    loaded for a lexical search. Raises UsageError for a collection nothing was synced into,
+    and what :func:`search` raises."""
+    meta = env.readonly_state().collection_meta(collection)
+    if meta is None:
+        raise UsageError(f"collection {collection!r} is empty: run `codeindex sync --all` first")
+    embedder = None if SearchMode(mode) is SearchMode.LEXICAL else env.embedder_for_model(meta.embedding_model)
+    return search(env.vector_store(collection), embedder, queries, k, mode, filters, lexical_weight)
