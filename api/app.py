@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -418,8 +419,8 @@ def _sync_requests(record: RepoRecord, body: SyncIn, settings: Settings):
 
     requests = work_tree_requests(Path(record.root), record.repo_id, settings.collection, source, options,
                                   listed=listed, document=body.changes, allowed=settings.allowed_roots)
-    if any(r.repo_id != record.repo_id for r in requests):
-        raise UsageError(f"the change list names repositories other than {record.repo_id!r}")
+    if any(os.path.realpath(r.root) != os.path.realpath(record.root) for r in requests):
+        raise UsageError(f"the change list names repositories other than {record.repo_id!r} ({record.root})")
     return requests
 
 

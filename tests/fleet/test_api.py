@@ -17,7 +17,7 @@ import pytest
 from api.auth import hash_token
 from api.webhooks import github_signature
 from tests.conftest import free_port, git
-from tests.fleet.conftest import wait_for
+from tests.fleet.conftest import make_repo, wait_for
 from tests.history import differences, fresh_export, make_history
 
 WRITE, READ = "ci_write_" + uuid.uuid4().hex, "ci_read_" + uuid.uuid4().hex
@@ -209,6 +209,23 @@ def test_tokens_scopes_and_bad_bodies_are_refused_and_enqueue_nothing(api: httpx
     run = finished_run(api, listed.headers["Location"])
     assert run["status"] == "succeeded" and [f["path"] for f in run["files"]] == ["listed.py"], run
     assert git(history.work, "rev-parse", "HEAD").strip() == head
+
+    # A repository added by path takes the JSON change list, naming itself and nothing else.
+    tree, other = make_repo(tmp_path, "tree", 4, 2), make_repo(tmp_path, "other", 2, 2)
+    added = api.post("/v1/repos", json={"path": str(tree)}, headers=auth(WRITE))
+    assert added.status_code == 202 and added.json()["repo_id"] == "tree", added.text
+    assert finished_run(api, added.headers["Location"])["status"] == "succeeded"
+    before = runs_and_queued(fleet)
+    (other / "stranger.py").write_text("STRANGER = 1\n")
+    foreign = {"changes": {"repositories": [{"path": str(other), "added": ["stranger.py"]}]}}
+    refused = api.post("/v1/repos/tree/sync", json=foreign, headers=auth(WRITE))
+    assert refused.status_code == 422 and "other than 'tree'" in refused.json()["detail"], refused.text
+    time.sleep(1.0)
+    assert runs_and_queued(fleet) == before
+    (tree / "own.py").write_text("OWN = 1\n")
+    own = {"changes": {"repositories": [{"path": str(tree), "added": ["own.py"]}]}}
+    run = finished_run(api, api.post("/v1/repos/tree/sync", json=own, headers=auth(WRITE)).headers["Location"])
+    assert run["status"] == "succeeded" and [f["path"] for f in run["files"]] == ["own.py"], run
 
 
 def test_the_api_refuses_to_start_without_tokens_or_with_a_malformed_one(fleet, tmp_path: Path):
