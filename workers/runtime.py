@@ -344,9 +344,14 @@ class Runtime:
         return self._model(kind, dimension)
 
     def _model(self, kind: str, dimension: int) -> Embedder:
+        """The process's embedder of ``kind``: kept across runtimes (settings replaced, as each
+        command does in ``codeindex serve``), so the model's weights load once per process."""
         batch = self.settings.model_batch_size
-        return self._once(("embedder", kind, dimension, batch),
-                          lambda: make_embedder(kind, hashing_dimension=dimension, batch_size=batch))
+        key = (kind, dimension, batch)
+        with _models_lock:
+            if key not in _models:
+                _models[key] = make_embedder(kind, hashing_dimension=dimension, batch_size=batch)
+            return _models[key]
 
     def file_filter(self, tree: SourceTree | Path) -> FileFilter:
         """The include/exclude/.gitignore filter for ``tree`` (a work tree's root, or a tree of
@@ -484,6 +489,9 @@ _current: Runtime | None = None
 #: Runtimes a forked child inherited. They are kept, never used: letting them be collected
 #: would run their connection pools' finalisers on the parent's sockets and threads.
 _inherited: list[Runtime] = []
+#: The embedders of this process (see :meth:`Runtime._model`), by kind, dimension and batch size.
+_models: dict[tuple, Embedder] = {}
+_models_lock = threading.Lock()
 
 
 def table_lock_key(uri: str, collection: str) -> str:
@@ -524,11 +532,13 @@ def reset() -> None:
 def _after_fork_in_child() -> None:
     # The parent's lock may have been held by another thread at fork time, and its objects'
     # sockets belong to the parent: start afresh, keeping the parent's objects out of reach.
-    global _lock, _current
+    global _lock, _current, _models, _models_lock
     _lock = threading.Lock()
+    _models_lock = threading.Lock()
     if _current is not None:
         _inherited.append(_current)
     _current = None
+    _models = {}  # a model's runtime (torch's threads) is not safe to use across a fork
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
