@@ -143,7 +143,8 @@ class _Brief(logging.Formatter):
         return ""
 
 
-_LIBRARIES = ("celery", "codeindex", "psycopg", "kombu")
+#: The loggers a command configures (codeindex serve restores them after each command).
+LIBRARIES = ("celery", "codeindex", "psycopg", "kombu")
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
@@ -156,7 +157,7 @@ def quiet(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
-    for name in _LIBRARIES:
+    for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
@@ -167,7 +168,7 @@ def log_at(level: LogLevel) -> None:
     handler.setFormatter(logging.Formatter(_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    for name in ("", *_LIBRARIES):
+    for name in ("", *LIBRARIES):
         logging.getLogger(name).setLevel(level.value)
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import api, fleet
+from cli import api, fleet, serve
 from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, interruptible, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
@@ -187,6 +187,7 @@ def sync(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged files, and chunk reuse.")] = False,
     output: Annotated[Optional[OutputFormat], typer.Option("--format", help="Output: text or json (default text; json with --json).")] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Repository id in the index (default: the root directory's name). In a fleet, a registered repository is found at its registered root; a repository added by URL is fetched by its owner, and synced from its last indexed commit to the branch head unless --all or --stdin says otherwise.")] = None,
+    daemon: Annotated[bool, typer.Option("--daemon", help="Sync through `codeindex serve`, starting it detached for this index home when none runs (it exits after CODEINDEX_SERVE_IDLE_TIMEOUT, 15 minutes); in-process when it cannot start. CODEINDEX_DAEMON=1 makes it the default.")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Enqueue and print the run id instead of waiting for the summary (a fleet).")] = False,
     root: RootOpt = None,
     collection: CollectionOpt = None,
@@ -486,6 +487,7 @@ def _fail(message: str, code: int) -> None:
 
 fleet.register(app)
 api.register(app)
+serve.register(app, main)
 
 if __name__ == "__main__":
     main()

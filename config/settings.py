@@ -161,6 +161,13 @@ class Settings(BaseSettings):
                                         "CODEINDEX_GIT_TOKEN_FILE is safer: an environment is easier to leak.")
     git_ssh_key: Path | None = Field(default=None, description="SSH private key for git URLs.")
     # The HTTP trigger (`codeindex api`, api/): seed 002's port 8080, on loopback unless told otherwise.
+    serve_idle_timeout: float = Field(
+        default=900.0, ge=0, description="`codeindex serve` exits after this many seconds without a "
+        "command (0: never).")
+    daemon: bool = Field(
+        default=False, description="Every `codeindex sync` behaves as `sync --daemon`: it starts "
+        "`codeindex serve` for its index home when none runs, and syncs through it (read by the "
+        "thin client, config/local.py).")
     api_host: str = Field(default="127.0.0.1", description="Address `codeindex api` listens on.")
     api_port: int = Field(default=8080, ge=1, le=65535, description="Port `codeindex api` listens on.")
     api_tokens: Annotated[list[str], NoDecode] = Field(
