@@ -1,6 +1,6 @@
 """The domain's Prometheus metrics (prometheus-client), defined here and counted where the work
 happens: ingestion by content strategy, object-storage transfers, git clones and fetches, the
-three caches, index freshness, and the backup metrics of seed 002 that a later issue counts.
+three caches, index freshness, and seed 002's cold storage (bundle backups and restores).
 
 The names are seed 004's Phase 4 list ("Add Prometheus metrics") and seed 002's "Key Metrics"
 under our prefix ``codeindex_``. prometheus-client costs 20 to 60 ms to import on these
@@ -20,6 +20,8 @@ from typing import Any
 #: Histogram buckets (seconds) for one file's content, one transfer, one git clone or fetch.
 FILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 GIT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+#: Bundle sizes in bytes: 64 KiB to 16 GiB by powers of 4.
+BUNDLE_BUCKETS = tuple(float(1 << n) for n in range(16, 35, 2))
 #: The caches ``cache_type`` names (DESIGN.md "Data"): the embedding cache (SQLite or the
 #: PostgreSQL table), a reader's download cache and its clone cache (``indexing.content``).
 CACHE_TYPES = ("embedding", "download", "clone")
@@ -62,13 +64,17 @@ class _Metrics:
             "committer time) to the commit of its index, as of its last sync that advanced the commit.",
             ["repo_id"], multiprocess_mode="mostrecent")
         self.cold_storage_ops = Counter(
-            "codeindex_cold_storage_ops", "Cold-storage operations (git bundles in S3, seed 002) by operation "
-            "(backup, restore) and outcome (success, failure). Declared for the backup tasks of a later issue: "
-            "nothing counts it yet.", ["operation", "outcome"])
+            "codeindex_cold_storage_ops", "Cold-storage operations (git bundles in object storage, seed 002) by "
+            "operation (backup, restore) and outcome (success, failure: a restore's refused bundle counts one).",
+            ["operation", "outcome"])
         self.last_backup = Gauge(
             "codeindex_last_backup_timestamp_seconds", "Unix time of a repository's last successful backup "
-            "(a git bundle in S3). Declared for the backup tasks of a later issue: nothing sets it yet.",
-            ["repo_id"], multiprocess_mode="max")
+            "(a git bundle in object storage).", ["repo_id"], multiprocess_mode="max")
+        self.bundle_bytes = Histogram(
+            "codeindex_bundle_size_bytes", "Size of each bundle a backup uploaded.", buckets=BUNDLE_BUCKETS)
+        self.restore_seconds = Histogram(
+            "codeindex_restore_duration_seconds", "Seconds of one successful restore of a clone from bundles "
+            "(download, checksum, trial clone, move into place).", buckets=GIT_BUCKETS)
         self.hit_rate = CacheHitRate(self.cache_requests)
 
 
@@ -110,6 +116,25 @@ def transfer(direction: str, backend: str) -> Iterator[None]:
     if _metrics is not None:
         histogram = _metrics.upload_seconds if direction == "upload" else _metrics.download_seconds
         histogram.labels(backend).observe(time.perf_counter() - began)
+
+
+def cold_storage(operation: str, outcome: str, *, repo_id: str | None = None, size: int | None = None,
+                 seconds: float | None = None) -> None:
+    """Count one cold-storage ``operation`` (``backup``, ``restore``) with ``outcome``
+    (``success``, ``failure``); a successful backup also sets ``repo_id``'s last-backup time and
+    observes its bundle's ``size`` (bytes), a successful restore its ``seconds``."""
+    if _metrics is None:
+        return
+    _metrics.cold_storage_ops.labels(operation, outcome).inc()
+    if outcome != "success":
+        return
+    if operation == "backup":
+        if repo_id is not None:
+            _metrics.last_backup.labels(repo_id).set(time.time())
+        if size is not None:
+            _metrics.bundle_bytes.observe(size)
+    elif operation == "restore" and seconds is not None:
+        _metrics.restore_seconds.observe(seconds)
 
 
 def git_network(operation: str, seconds: float) -> None:
