@@ -6,7 +6,10 @@ The schedule (seed 002 "FAQ: what happens if a pod dies"; DESIGN.md "Sharding"):
   30 s go offline, their repositories and queued messages move to the next owners;
 - ``codeindex.shards.rebalance`` every ``rebalance_interval`` (60 s), at most
   ``rebalance_max_moves`` repositories a pass;
-- ``codeindex.cleanup.retention`` hourly.
+- ``codeindex.cleanup.retention`` hourly;
+- ``codeindex.backup.schedule`` every ``backup_interval`` (900 s): a bundle of each repository
+  whose index moved past its last bundle and has been quiet for ``backup_quiet_seconds``;
+- ``codeindex.cleanup.bundles`` hourly: bundle retention (``backup_keep``, ``backup_keep_days``).
 
 Each entry expires after its own interval, so a backlog of missed checks is not run later.
 Entries name their task only: its kind (``config.kinds``) decides the queue.
@@ -32,6 +35,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
         "shards-check": entry("codeindex.shards.check", settings.heartbeat_check_interval),
         "shards-rebalance": entry("codeindex.shards.rebalance", settings.rebalance_interval),
         "cleanup-retention": entry("codeindex.cleanup.retention", 3600.0),
+        "backup-schedule": entry("codeindex.backup.schedule", settings.backup_interval),
+        "cleanup-bundles": entry("codeindex.cleanup.bundles", 3600.0),
     }
 
 

@@ -24,6 +24,7 @@ class TaskKind(StrEnum):
     CALLBACK = "callback"  # a chord's error callback: any worker
     MAINTENANCE = "maintenance"  # beat's shard checks and rebalancing
     CLEANUP = "cleanup"  # retention and eviction, scheduled by beat
+    BACKUP = "backup"  # bundles of one repository's clone: runs on its owner's queue shard.<id>
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,10 @@ TASK_KINDS: dict[TaskKind, KindRow] = {
                                   acks_late=True, dead_letter=False),
     TaskKind.CLEANUP: KindRow(queue=Queue.MAINTENANCE, max_retries=0, time_limit=900, soft_time_limit=840,
                               acks_late=True, dead_letter=False),
+    # A bundle of a large clone takes minutes: the settings' limits, two retries (a store that
+    # failed), replayable; beat sends the next one anyway if a backup is lost.
+    TaskKind.BACKUP: KindRow(queue=None, max_retries=2, time_limit=None, soft_time_limit=None,
+                             acks_late=True, dead_letter=True),
 }
 
 

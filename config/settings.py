@@ -130,6 +130,20 @@ class Settings(BaseSettings):
     rebalance_interval: float = Field(default=60.0, gt=0, description="Beat: seconds between rebalancing passes.")
     rebalance_max_moves: int = Field(default=10, ge=1, description="Repositories one rebalancing pass may move.")
     run_retention_days: float = Field(default=30.0, gt=0, description="Finished sync runs older than this are deleted.")
+    backup_keep: int = Field(default=5, ge=1, description="Bundle retention: the newest N bundles of a repository "
+                             "are kept (and every bundle younger than backup_keep_days).")
+    backup_keep_days: float = Field(default=7.0, ge=0, description="Bundle retention: bundles younger than this "
+                                    "many days are kept.")
+    backup_interval: float = Field(default=900.0, gt=0, description="Seconds between beat's passes that back up "
+                                   "repositories whose head moved since their last bundle.")
+    backup_quiet_seconds: float = Field(default=600.0, ge=0, description="Seed 002's 'inactive repositories': a "
+                                        "repository is backed up by beat once its index has not changed for this long.")
+    backup_max_per_pass: int = Field(default=20, ge=1, description="At most this many backups sent, and this many "
+                                     "repositories' bundles pruned, per beat pass.")
+    backup_incremental: bool = Field(default=False, description="Beat's and a drain's backups are incremental "
+                                     "(--all ^<last bundled head>) when a full bundle exists.")
+    drain_backup_share: float = Field(default=0.6, gt=0, lt=1, description="SIGTERM: the share of grace_period "
+                                      "spent backing up changed repositories before the hand-over.")
     route_cache_seconds: float = Field(default=5.0, ge=0, description="How long a publisher caches a repository's owner.")
 
     # A fleet that shares no disk: S3 (any S3-compatible endpoint), the owners' clones, and how

@@ -1,4 +1,4 @@
-"""Cleanup tasks, scheduled by beat (queue ``maintenance``): retention of finished sync runs."""
+"""Cleanup tasks, scheduled by beat (queue ``maintenance``): retention of finished sync runs and of bundles."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from config.kinds import TaskKind
 from workers.app import codeindex_task
+from workers.backups import prune_bundles
 from workers.runtime import runtime
 
 
@@ -16,3 +17,11 @@ def retention(self) -> dict:
     cutoff = datetime.now(timezone.utc) - timedelta(days=rt.settings.run_retention_days)
     deleted = rt.state.delete_runs_before(cutoff.isoformat(timespec="milliseconds"))
     return {"runs_deleted": deleted, "cutoff": cutoff.isoformat()}
+
+
+@codeindex_task("codeindex.cleanup.bundles", kind=TaskKind.CLEANUP)
+def bundles(self) -> dict:
+    """Bundle retention: keep each repository's newest ``backup_keep`` bundles and those younger
+    than ``backup_keep_days``, in passes of ``backup_max_per_pass`` repositories."""
+    s = runtime().settings
+    return prune_bundles(runtime(), keep=s.backup_keep, keep_days=s.backup_keep_days, limit=s.backup_max_per_pass)

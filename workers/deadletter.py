@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from config.kinds import TaskKind
+from config.kinds import TASK_KINDS
 from indexing.errors import RefusedError, SyncFailedError, UsageError
 from indexing.messages import BatchJob, SyncRequest, repo_id_of, run_id_of
 from indexing.state import FailureRecord, RunStatus, utcnow
@@ -74,7 +74,8 @@ def replay(app: Celery, rt: Runtime, record: FailureRecord, arguments: Mapping) 
     if task not in app.tasks:
         raise UsageError(f"cannot replay unknown task {task!r}")
     repo_id = repo_id_of(args, kwargs)
-    if getattr(app.tasks[task], "kind", None) is TaskKind.REPO and repo_id is not None:
+    kind = getattr(app.tasks[task], "kind", None)
+    if kind is not None and TASK_KINDS[kind].queue is None and repo_id is not None:  # bound to its owner
         rt.place(repo_id)
     result = app.tasks[task].apply_async(args=args, kwargs=kwargs)
     return {"task": task, "task_id": result.id, "run_id": run_id_of(args, kwargs)}

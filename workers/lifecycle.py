@@ -25,10 +25,12 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from celery import signals
 
 from workers import metrics
+from workers.backups import backup_before_hand_over
 from workers.handover import hand_over
 from workers.placement import NoActiveShardError
 from workers.registry import ShardStatus
@@ -83,11 +85,15 @@ class ShardLifecycle:
     # SIGTERM
 
     def drain(self) -> None:
-        """Hand the shard over (draining): its repositories and queued messages go to their next owners."""
+        """Seed 002's order: mark the shard draining (no new repositories land here), back up
+        every owned repository that changed since its last bundle within ``drain_backup_share``
+        of the grace period, then hand the repositories and queued messages to their next owners."""
         rt = runtime()
         shard_id = rt.settings.shard_id
         try:
-            done = hand_over(rt, shard_id, status=ShardStatus.DRAINING)
+            rt.registry.set_status(shard_id, ShardStatus.DRAINING)
+            self._backup_owned(rt, shard_id)
+            done = hand_over(rt, shard_id)
             log.info("shard %s draining: %d repositories handed over, %d queued messages moved",
                      shard_id, len(done.moved), done.messages)
         except NoActiveShardError as exc:
@@ -95,6 +101,21 @@ class ShardLifecycle:
                         shard_id, exc)
         except Exception:
             log.exception("drain of shard %s failed; beat will reassign it when its heartbeat stops", shard_id)
+
+    @staticmethod
+    def _backup_owned(rt, shard_id: str) -> None:
+        if rt.object_store is None:
+            return
+        s = rt.settings
+        owned = sorted(rt.registry.assignments(shard_id))
+        deadline = time.monotonic() + s.grace_period * s.drain_backup_share
+        try:
+            report = backup_before_hand_over(rt, owned, deadline, incremental=s.backup_incremental)
+        except Exception:  # the hand-over matters more: the next owner restores the older bundle
+            log.exception("shard %s draining: backups before the hand-over failed", shard_id)
+            return
+        log.info("shard %s draining: %d repositories backed up, %d unchanged, %d left, %d failed", shard_id,
+                 len(report["backed_up"]), len(report["unchanged"]), len(report["left"]), len(report["failed"]))
 
     def start_drain(self) -> None:
         """Drain in a thread while Celery finishes the running tasks; force a cold shutdown
@@ -119,8 +140,8 @@ class ShardLifecycle:
     def shutdown(self) -> None:
         """Stop heartbeating and mark the shard offline."""
         self.stop.set()
-        if self.drain_thread is not None:
-            self.drain_thread.join(timeout=30)
+        if self.drain_thread is not None:  # its backups and hand-over, within the grace period
+            self.drain_thread.join(timeout=runtime().settings.grace_period)
         if not self.registered:
             return
         rt = runtime()

@@ -23,7 +23,7 @@ from config.kinds import TaskKind, TaskPolicy, task_policy
 from config.settings import Settings, get_settings
 from indexing.embed_cache import EmbeddingCache, SQLiteEmbeddingCache
 from indexing.embedders import Embedder, embedder_kind_for_model, make_embedder
-from indexing.errors import UsageError
+from indexing.errors import RepositoryError, StoreError, UsageError
 from indexing.messages import SyncRequest
 from indexing.scanner import FileFilter
 from indexing.state import SQLiteStateStore, StateStore
@@ -418,8 +418,45 @@ class Runtime:
         from indexing.git_source import GitTree  # lazy: only for repositories by URL
 
         mirror = self.mirror(request.repo_id, request.url, request.branch or "main")
-        head = mirror.fetch()
+        restored = self._restore_missing_clone(mirror, request.repo_id)
+        try:
+            head = mirror.fetch()
+        except (StoreError, RepositoryError) as exc:  # the code host is unreachable or gone: the restored clone is what there is
+            head = mirror.head() if restored else None
+            if head is None:
+                raise
+            log.warning("repository %s: the fetch from %s failed after the restore (%s); syncing the restored "
+                        "head %s", request.repo_id, mirror.url, exc, head)
         return CommitTree(GitTree(mirror.path, head))
+
+    def _restore_missing_clone(self, mirror: GitMirror, repo_id: str) -> bool:
+        """A worker without a clone of ``repo_id`` (a new owner after a failover or a drain)
+        restores it from the newest bundle that passes its checks before it fetches from the
+        code host (seed 002: "New pods will restore from cold storage"); True when it did. No
+        object store, no bundle or none passing: False, and the fetch clones. Called under the
+        repository lock (the sync's plan)."""
+        from indexing.bundles import record_restore, restore_bundle  # lazy: only a clone's first sync
+
+        store = self.object_store
+        if store is None or mirror.head() is not None or mirror.path.exists() and any(mirror.path.iterdir()):
+            return False
+        try:
+            result = restore_bundle(store, repo_id, mirror.path, self.data_dir / ".cache" / "bundles",
+                                    branch=mirror.branch)
+            if result.record is None and not result.refused:
+                return False  # never backed up: nothing to say
+            record_restore(store, result, shard_id=self.shard_id, reason="no clone on this worker")
+        except StoreError as exc:
+            log.warning("repository %s: no restore from object storage (%s); cloning", repo_id, exc)
+            return False
+        if result.record is None:
+            log.warning("repository %s: no bundle passed its checks (%s); cloning from %s", repo_id,
+                        "; ".join(f"{k}: {r}" for k, r in result.refused), mirror.url)
+            return False
+        log.warning("repository %s restored from bundle %s (head %s, %.1f s%s), then fetching from the code host",
+                    repo_id, result.record.key, result.record.head[:12], result.seconds,
+                    f", after refusing {len(result.refused)}" if result.refused else "")
+        return True
 
     @property
     def object_store(self) -> ObjectStore | None:
