@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of the fleet (DESIGN.md "Sharding") against the targets of the fleet issue.
 
-    .venv/bin/python bench/fleet.py [--quick] [--parts 1234] [--json PATH] [--keep]
+    .venv/bin/python bench/fleet.py [--quick] [--parts 12345] [--json PATH] [--keep]
                                     [--batch-files N] [--repeat N] [--nice -10] [--py-spy PATH]
 
 1. End-to-end throughput of a full index by one worker process and by two (``codeindex worker
@@ -29,6 +29,13 @@
 4. Seconds from a worker's SIGKILL to all its repositories reassigned, at the default timings
    (heartbeat 10 s, offline after 30 s, beat checks every 10 s): two workers and one ``codeindex
    beat``; repeated with a new worker each time. Target: < 45 s.
+5. Cold storage (issue 10) on a real history (``/work/shared/data/click.bundle`` when present,
+   else this project's own): two workers with data directories of their own and beat, objects
+   in S3 (moto's server on loopback), the repository served as a ``file://`` URL. The backup's
+   and a restore's time and the bundle's size (as the tasks report them, and the CLI's wall
+   time); then the code host is moved away, the owner SIGKILLed, and the time from the kill to
+   the repository synced (``sync --all``) on its new owner from the bundle. Target: under 45 s
+   plus the restore time.
 
 Every process (redis-server, workers, beat, the enqueueing client, the event recorder) runs
 in its own session and is killed by process group at the end, also on errors and on
@@ -82,6 +89,7 @@ TARGETS = {
     "3.join_rel_error": ("within 10 % of 1/(N+1)", lambda v: v <= 0.10),
     "3.leave_rel_error": ("within 10 % of 1/(N+1)", lambda v: v <= 0.10),
     "4.max_s": ("< 45 s", lambda v: v < 45.0),
+    "5.failover": ("< 45 s + the restore", lambda v: v[0] < 45.0 + v[1]),
 }
 
 _T0 = time.perf_counter()
@@ -976,6 +984,74 @@ def part_failover(work: Path, report: dict, trials: int, n_repos: int) -> None:
     report["4"] = {"trials": results, "seconds": secs, "max_s": max(secs), "mean_s": round(statistics.mean(secs), 1)}
 
 
+def part_cold_storage(work: Path, report: dict) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/s3.py: moto's server, as the tests run it
+    from tests.s3 import MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoServer
+
+    source = work / "cold-origin.git"
+    bundle = Path("/work/shared/data/click.bundle")
+    origin = str(bundle) if bundle.exists() else str(Path(__file__).resolve().parents[1])
+    subprocess.run(["git", "clone", "-q", "--bare", origin, str(source)], check=True, capture_output=True, timeout=600)
+    moto = MotoServer()
+    moto.start()
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    s3_env = {"CODEINDEX_S3_ENDPOINT_URL": moto.url, "CODEINDEX_S3_REGION": "us-east-1",
+              "CODEINDEX_S3_ACCESS_KEY_ID": MOTO_ACCESS_KEY, "CODEINDEX_S3_SECRET_ACCESS_KEY": MOTO_SECRET_KEY,
+              "CODEINDEX_OBJECT_STORE_URI": f"s3://{bucket}/objects"}
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id=MOTO_ACCESS_KEY,
+                 aws_secret_access_key=MOTO_SECRET_KEY).create_bucket(Bucket=bucket)
+    fleet = Fleet(work / "cold", extra_env=s3_env)
+
+    def cli(*args: str) -> tuple[dict, float]:
+        started = time.perf_counter()
+        proc = subprocess.run([CLI, *args, "--json"] if args[0] != "sync" else [CLI, *args], env=fleet.env,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"codeindex {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        return json.loads(proc.stdout), time.perf_counter() - started
+
+    try:
+        for shard in ("a", "b"):
+            data = work / "cold" / f"data-{shard}"
+            proc = spawn([CLI, "worker", "--shard-id", shard, "-c", "1", "--loglevel", "INFO"],
+                         {**fleet.env, "CODEINDEX_DATA_DIR": str(data)}, fleet.logs / f"worker-{shard}.log")
+            fleet.workers[shard] = proc
+        fleet.wait_ready(["a", "b"])
+        fleet.start_beat()
+        added, add_s = cli("repo", "add", source.as_uri(), "--name", "click")
+        log(f"part 5: full index of click ({added['added']} files) in {add_s:.1f} s")
+        made, backup_wall = cli("backup", "--repo", "click")
+        restored, restore_wall = cli("restore", "--repo", "click")
+        victim = fleet.registry().assignments()["click"]
+        source.rename(source.with_name("cold-origin-gone.git"))
+        t0 = time.time()
+        os.killpg(fleet.workers[victim].pid, signal.SIGKILL)
+        fleet.workers[victim].wait(timeout=15)
+        while fleet.registry().assignments().get("click") in (None, victim):
+            if time.time() - t0 > 180:
+                raise RuntimeError("click was not reassigned within 180 s of the SIGKILL")
+            time.sleep(0.1)
+        reassigned = time.time() - t0
+        summary, _ = cli("sync", "--repo", "click", "--all", "--format", "json")
+        synced = time.time() - t0
+        doc, _ = cli("backups", "--repo", "click")
+        failover_restore = doc["restores"][-1]
+        if failover_restore["source"] != "bundle" or summary["errors"]:
+            raise RuntimeError(f"the new owner did not sync from the bundle: {failover_restore} {summary}")
+    finally:
+        fleet.stop()
+        moto.stop()
+    report["5"] = {"repository": origin, "files": added["added"], "bundle_bytes": made["bundle"]["size"],
+                   "backup_s": made["seconds"], "backup_wall_s": round(backup_wall, 2),
+                   "restore_s": restored["seconds"], "restore_wall_s": round(restore_wall, 2),
+                   "reassigned_after_s": round(reassigned, 1), "synced_after_s": round(synced, 1),
+                   "failover_restore_s": failover_restore["seconds"], "sync_commit": summary["commit"]}
+    log(f"part 5: bundle {made['bundle']['size']} bytes, backup {made['seconds']} s, restore {restored['seconds']} s; "
+        f"SIGKILL -> reassigned {reassigned:.1f} s -> synced from the bundle {synced:.1f} s")
+
+
 # --------------------------------------------------------------------------------------
 # the report
 
@@ -1017,6 +1093,15 @@ def print_report(report: dict, header: list[str]) -> None:
         r = report["4"]
         rows.append(("4. SIGKILL -> all repositories reassigned",
                      ", ".join(f"{s:.1f} s" for s in r["seconds"]), *verdict("4.max_s", r["max_s"])))
+    if "5" in report:
+        r = report["5"]
+        rows.append(("5. backup: bundle size, task time (CLI wall)",
+                     f"{r['bundle_bytes'] / 1e6:.1f} MB, {r['backup_s']:.2f} s ({r['backup_wall_s']:.2f} s)", "", ""))
+        rows.append(("5. restore: task time (CLI wall)", f"{r['restore_s']:.2f} s ({r['restore_wall_s']:.2f} s)", "", ""))
+        rows.append(("5. SIGKILL -> synced on the new owner from the bundle",
+                     f"{r['synced_after_s']:.1f} s (reassigned {r['reassigned_after_s']:.1f} s, restore "
+                     f"{r['failover_restore_s']:.2f} s)",
+                     *verdict("5.failover", (r["synced_after_s"], r["failover_restore_s"]))))
     for key in sorted(k for k in report if k.endswith(".error")):
         rows.append((f"{key}", report[key][:100], "", "ERROR"))
     print("\n".join(header))
@@ -1083,7 +1168,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, a smoke run (under 2 minutes); part 1 then has 4 embedding batches "
                              "in all, so each worker's cold start dominates and its ratio means nothing")
-    parser.add_argument("--parts", default="1234", help="which parts to run (default 1234)")
+    parser.add_argument("--parts", default="12345", help="which parts to run (default 12345)")
     parser.add_argument("--repos", type=int, help="part 1: repositories (default 16; quick 4)")
     parser.add_argument("--files-per-repo", type=int, help="part 1: files per repository (default 150; quick 40)")
     parser.add_argument("--batch-files", type=int, default=64,
@@ -1151,7 +1236,8 @@ def main() -> None:
                                                         args.enqueue, repeat, args.quiet_wait, args.py_spy)),
                           ("2", lambda: part_routing(work, report, route_repos)),
                           ("3", lambda: part_moves(report, args.move_shards, move_repos, args.move_capacity)),
-                          ("4", lambda: part_failover(work, report, trials, args.kill_repos))):
+                          ("4", lambda: part_failover(work, report, trials, args.kill_repos)),
+                          ("5", lambda: part_cold_storage(work, report))):
             if part not in parts:
                 continue
             started = time.perf_counter()

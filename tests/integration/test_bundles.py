@@ -147,3 +147,38 @@ def test_restore_of_a_named_bundle_and_an_unknown_one(tmp_path: Path) -> None:
     assert named.record.key == older.key and _head(tmp_path / "n" / "lib.git") == history.commits[0]
     with pytest.raises(UsageError, match="no bundle"):
         restore_bundle(store, "lib", tmp_path / "m" / "lib.git", tmp_path / "w", bundle="nope.bundle")
+
+
+def test_beat_backs_up_what_moved_and_prunes_old_bundles(tmp_path: Path) -> None:
+    """The schedule task (eager, embedded) sends a backup only for a repository whose index moved
+    past its last bundle and has been quiet long enough; the retention task prunes."""
+    from config.settings import configure
+    from tasks.backup import schedule
+    from tasks.cleanup import bundles as prune
+    from tasks.sync import add_repository
+    from workers import runtime
+    from workers.app import apply_settings
+
+    history = make_history(tmp_path / "up", "lib", celery_files=5, kombu_files=5)
+    settings = configure(home=tmp_path / "home", embedder="hashing", backup_quiet_seconds=3600, backup_keep=1,
+                         backup_keep_days=0)
+    runtime.reset()
+    apply_settings(settings)
+    try:
+        assert add_repository("lib", "codeindex", url=history.url, branch="main")[2].get()["errors"] == 0
+        assert schedule.apply().get() == {"sent": 0, "repositories": []}  # indexed just now: not quiet yet
+        settings = configure(home=tmp_path / "home", embedder="hashing", backup_quiet_seconds=0, backup_keep=1,
+                             backup_keep_days=0)
+        runtime.reset()
+        apply_settings(settings)
+        assert schedule.apply().get() == {"sent": 1, "repositories": ["lib"]}
+        assert schedule.apply().get()["sent"] == 0  # its bundle has the indexed head now
+        store = runtime.runtime().object_store
+        next(history.replay())
+        assert add_repository("lib", "codeindex", url=history.url, branch="main")[2].get()["errors"] == 0
+        assert schedule.apply().get()["sent"] == 1
+        assert [r.head for r in list_bundles(store, "lib")] == history.commits[-2:]
+        assert prune.apply().get() == {"bundles_deleted": 1, "repositories": {"lib": 1}}
+        assert [r.head for r in list_bundles(store, "lib")] == history.commits[-1:]
+    finally:
+        runtime.reset()
