@@ -62,6 +62,18 @@ def _command(argv: Sequence[str]) -> dict:
             "stderr_isatty": _isatty(sys.stderr)}
 
 
+class _ReaderGone(Exception):
+    """Writing to our own stdout or stderr failed: the reader of the pipe went away."""
+
+
+def _write(stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.flush()
+    except BrokenPipeError:
+        raise _ReaderGone() from None
+
+
 def run_remote(conn: http.client.HTTPConnection, argv: Sequence[str], local: LocalServer) -> int:
     """Run ``codeindex ARGV`` on the server behind ``conn``, writing its output here as it
     comes; its exit code, or :data:`SERVER_LOST` (with one ``error:`` line) when the server
@@ -77,14 +89,13 @@ def run_remote(conn: http.client.HTTPConnection, argv: Sequence[str], local: Loc
             return 2
         for line in response:
             frame = json.loads(line)
-            if "stdout" in frame:
-                out.write(base64.b64decode(frame["stdout"]))
-                out.flush()
-            elif "stderr" in frame:
-                err.write(base64.b64decode(frame["stderr"]))
-                err.flush()
-            elif "exit" in frame:
+            if "exit" in frame:
                 return int(frame["exit"])
+            for name, stream in (("stdout", out), ("stderr", err)):
+                if name in frame:
+                    _write(stream, base64.b64decode(frame[name]))
+    except _ReaderGone:  # our reader went away (`| head`): exit 1 and say nothing, as click does in-process
+        return 1
     except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     else:

@@ -97,6 +97,9 @@ class CommandRunner:
         except ValueError:
             put("stderr", b"error: the client sent malformed standard input\n")
             return 2
+        if not os.path.isdir(command.cwd):
+            put("stderr", f"error: the working directory {command.cwd} is gone\n".encode())
+            return 2
         with self._lock, self._as_client(command, data, put) as streams:
             try:
                 self._entry()
@@ -117,11 +120,7 @@ class CommandRunner:
         saved_cwd = os.getcwd()
         out = _text(_Output("stdout", put, command.stdout_isatty), buffered=True)
         err = _text(_Output("stderr", put, command.stderr_isatty), buffered=False)
-        try:
-            os.chdir(command.cwd)
-        except OSError as exc:
-            put("stderr", f"error: cannot enter the working directory {command.cwd}: {exc.strerror}\n".encode())
-            raise SystemExit(2) from None
+        os.chdir(command.cwd)
         os.environ.clear()
         os.environ.update(command.env)
         sys.argv = ["codeindex", *command.argv]

@@ -117,6 +117,9 @@ def script(root: Path, env: dict) -> list[tuple[int, str, str]]:
     results.append(run(root, "search", env=env))  # neither QUERY nor --queries: exit 2
     results.append(run(root, "status", "--json", env=env))
     results.append(run(root, "export", env=env))
+    # the reader leaves early (`| head`): exit 1, nothing said (click's rule in-process)
+    results.append(subprocess.run(["bash", "-c", f'"{CODEINDEX[0]}" export | head -c 100 > /dev/null; '
+                                  'echo "exit ${PIPESTATUS[0]}"'], cwd=root, env=env, capture_output=True, timeout=300))
     for path in files[3:]:
         (root / path).unlink()
     results.append(run(root, "sync", "--all", "--delete-missing", env=env))  # the mass-delete guard: exit 3
@@ -138,7 +141,8 @@ def test_same_output_through_server(tmp_path: Path) -> None:
         stop(server)
     assert not (home / "serve.sock").exists(), "a stopped server removes its socket"
     here = script(local_root, env)
-    assert [r[0] for r in through] == [0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 3]
+    assert [r[0] for r in through] == [0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0, 3]
+    assert through[10][1] == "exit 1\n" and through[10][2] == ""
     for ours, theirs in zip(through, here):
         assert ours == theirs
 
