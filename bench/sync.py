@@ -358,9 +358,11 @@ class Phases:
         self._wrap(isync, "plan_sync", "plan_sync", plan_flag=True)
         self._wrap(isync, "index_batch", "index_batch")
         self._wrap(isync, "commit_sync", "commit_sync")
-        for name in ("head_commit", "git_changes", "commit_exists"):
-            self._wrap(isync, name, "git")
-        self._wrap(isync, "read_file", where)
+        from indexing.tree import WorkTree
+
+        for name in ("has_commit", "changes_since", "commit_time"):
+            self._wrap(WorkTree, name, "git")
+        self._wrap(WorkTree, "read", where)
         self._wrap(isync, "decode", where)
         self._wrap(isync, "chunk_text", "chunk_text")
         self._wrap(SQLiteStateStore, "file_states", "state lookup")
