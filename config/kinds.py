@@ -25,6 +25,7 @@ class TaskKind(StrEnum):
     MAINTENANCE = "maintenance"  # beat's shard checks and rebalancing
     CLEANUP = "cleanup"  # retention and eviction, scheduled by beat
     BACKUP = "backup"  # bundles of one repository's clone: runs on its owner's queue shard.<id>
+    ARTIFACT = "artifact"  # pack or install one repository's index: runs on its owner's queue shard.<id>
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,10 @@ TASK_KINDS: dict[TaskKind, KindRow] = {
     # failed), replayable; beat sends the next one anyway if a backup is lost.
     TaskKind.BACKUP: KindRow(queue=None, max_retries=2, time_limit=None, soft_time_limit=None,
                              acks_late=True, dead_letter=True),
+    # Packing or installing an index reads or writes every row of a repository: the settings'
+    # limits, one retry (a store that failed), replayable; both are idempotent.
+    TaskKind.ARTIFACT: KindRow(queue=None, max_retries=1, time_limit=None, soft_time_limit=None,
+                               acks_late=True, dead_letter=True),
 }
 
 

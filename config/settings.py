@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 EmbedderKind = Literal["minilm", "hashing"]
 SearchModeName = Literal["vector", "lexical", "hybrid"]
 ContentStrategy = Literal["auto", "inline", "object_storage", "git_reference", "path"]
+ArtifactCompression = Literal["zstd", "tar.gz"]
 
 
 def _split_globs(value: object) -> object:
@@ -233,7 +234,35 @@ class Settings(BaseSettings):
                                                     "FLOWER_OAUTH2_REDIRECT_URI", "flower_oauth2_redirect_uri"),
         description="Flower's OAuth callback, https://<flower>/login (also FLOWER_OAUTH2_REDIRECT_URI).")
 
-    _split_include = field_validator("include", "exclude", "allowed_roots", "api_tokens", mode="before")(_split_globs)
+    # Index artifacts (seed 000): packed snapshots of one repository's index that another machine
+    # installs instead of re-indexing, and their retention (PR 7 days, main 30 days, promoted longer).
+    artifact_uri: str | None = Field(
+        default=None, description="Where artifacts are kept: a directory or s3://bucket/prefix (shared by the "
+        "machines that push and pull). Default: the object store (CODEINDEX_OBJECT_STORE_URI) under artifacts/.")
+    artifact_compression: ArtifactCompression = Field(
+        default="zstd", description="zstd (multi-threaded; the default) or tar.gz (seed 000's gzip level 9).")
+    artifact_zstd_level: int = Field(default=9, ge=1, le=22, description="zstd compression level of an artifact.")
+    artifact_max_bytes: int = Field(default=500 * 1024**2, ge=1024, description="Largest artifact pushed or "
+                                    "pulled (seed 000's 500 MB); a larger one is refused with its size.")
+    artifact_main_branches: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["main", "master"], description="Comma-separated branches whose artifacts are "
+        "kept artifact_main_days; artifacts of any other branch are pull-request artifacts.")
+    artifact_pr_days: float = Field(default=7.0, gt=0, description="Retention of pull-request artifacts (days).")
+    artifact_main_days: float = Field(default=30.0, gt=0, description="Retention of main-branch artifacts (days).")
+    artifact_promoted_days: float = Field(default=365.0, gt=0, description="Retention of promoted artifacts (days).")
+
+    # Cleanup (beat): every rule bounded per pass and idempotent; `codeindex cleanup` runs them now.
+    cleanup_interval: float = Field(default=3600.0, gt=0, description="Seconds between beat's cleanup passes "
+                                    "(artifact retention, cache eviction, unreferenced embeddings).")
+    cleanup_max_per_pass: int = Field(default=1000, ge=1, description="At most this many items one cleanup rule "
+                                      "removes in one pass (the next pass goes on).")
+    compaction_interval: float = Field(default=86_400.0, gt=0, description="Seconds between compactions of each "
+                                       "collection's LanceDB table (optimize and old-version cleanup).")
+    compaction_keep_seconds: float = Field(default=3600.0, ge=0, description="Compaction keeps table versions "
+                                           "younger than this (readers of an older version finish first).")
+
+    _split_include = field_validator("include", "exclude", "allowed_roots", "api_tokens", "artifact_main_branches",
+                                     mode="before")(_split_globs)
 
     @property
     def eager(self) -> bool:
