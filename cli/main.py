@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli import api, backup, fleet, serve
+from cli import api, artifact, backup, cleanup, fleet, serve
 from cli.common import CollectionOpt, JsonOut, OutputFormat, RootOpt, interruptible, print_json, setup
 from indexing.errors import CodeindexError, UsageError
 
@@ -488,6 +488,8 @@ def _fail(message: str, code: int) -> None:
 fleet.register(app)
 api.register(app)
 backup.register(app)
+cleanup.register(app)
+artifact.register(app)
 serve.register(app, main)
 
 if __name__ == "__main__":

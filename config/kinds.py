@@ -97,9 +97,10 @@ TASK_KINDS: dict[TaskKind, KindRow] = {
     TaskKind.BACKUP: KindRow(queue=None, max_retries=2, time_limit=None, soft_time_limit=None,
                              acks_late=True, dead_letter=True),
     # Packing or installing an index reads or writes every row of a repository: the settings'
-    # limits, one retry (a store that failed), replayable; both are idempotent.
+    # limits, one retry (a store that failed); both are idempotent. No dead letter: the caller
+    # (the CLI, CI) waits for the answer and is told; a refused artifact is final, not a task to replay.
     TaskKind.ARTIFACT: KindRow(queue=None, max_retries=1, time_limit=None, soft_time_limit=None,
-                               acks_late=True, dead_letter=True),
+                               acks_late=True, dead_letter=False),
 }
 
 

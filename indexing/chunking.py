@@ -17,6 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
+#: The version of the chunk boundaries below: an index artifact records it, and one chunked by
+#: another version is refused (its chunks would not match what the next sync cuts). Raise it
+#: with any change that moves a boundary.
+CHUNKER_VERSION = 1
 
 _DEFINITION = re.compile(
     r"^(?:@\w"  # decorator

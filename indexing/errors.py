@@ -62,6 +62,17 @@ class StaleFenceError(RefusedError):
     """A write carried an older fencing token than the state already holds."""
 
 
+class ArtifactError(UsageError):
+    """An index artifact cannot be used: its checksum does not match, a member is unsafe (an
+    absolute path, ``..``, a link, a device), its manifest or metadata is wrong, or it is too
+    large. Nothing was installed."""
+
+
+class IncompatibleArtifactError(RefusedError):
+    """An index artifact was built with another embedding model, dimension or distance, a newer
+    schema, or another chunker than this index uses; installing it would mix incompatible vectors."""
+
+
 class LockTimeoutError(CodeindexError):
     """The repository lock could not be taken in time (another sync holds it)."""
 

@@ -15,8 +15,11 @@ see the latest version (``read_consistency_interval=0``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
@@ -28,6 +31,7 @@ import numpy as np
 from indexing.errors import LockTimeoutError, StoreError
 from indexing.lexical import document_terms
 from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, glob_to_like
+from indexing.store import Compaction
 
 _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
                "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
@@ -395,6 +399,76 @@ class LanceDBStore:
         for batch in data.to_batches(max_chunksize=2048):
             for row in batch.to_pylist():
                 yield StoredChunk(**row)
+
+    def objects(self, repo: str) -> Iterator[VectorObject]:
+        """Every object of ``repo`` with its vector, read from the latest version at the call (one
+        scan: a write committed afterwards is not seen)."""
+        data = self._scan([*_PROPERTIES, "vector"], f"repo = {_quote(repo)}")
+        if data is None:
+            return
+        for batch in data.to_batches(max_chunksize=1024):
+            vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+            width = len(vectors) // max(1, batch.num_rows)
+            for i, row in enumerate(batch.select(list(_PROPERTIES)).to_pylist()):
+                yield VectorObject(**row, vector=vectors[i * width:(i + 1) * width].astype(np.float32))
+
+    def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
+        """LanceDB's maintenance of the table (``Table.optimize``, the way its docs ask for after
+        many small writes: merge small files, fold new rows into the indexes, remove versions
+        older than ``cleanup_older_than``), under the write lock, so no upsert or delete runs
+        meanwhile and the rows stay exactly as they were. ``keep_seconds``: versions younger
+        than that stay, for readers still on them (0 only when no other process reads the
+        table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
+        updates the indexes, and that update commits one more version, so a second
+        ``optimize`` (nothing left to merge: it writes no version) prunes the one the first
+        left behind; a pass over a compacted table therefore removes nothing.
+        ``dry_run``: the versions that would go, nothing changed. Bytes are those of the
+        table's directory (None on an object store). Raises StoreError."""
+        table = self._open()
+        if table is None:
+            return Compaction(self.collection, 0, 0, [], None, None)
+        older_than = timedelta(seconds=keep_seconds)
+        try:
+            if dry_run:
+                table.checkout_latest()
+                versions = self._versions(table)
+                cutoff = time.time() - keep_seconds
+                doomed = [v for v, at in versions[:-1] if at < cutoff]
+                size = self._disk_bytes()
+                return Compaction(self.collection, len(versions), len(versions) - len(doomed), doomed, size, size)
+            with self._writing() as table:
+                before, bytes_before = self._versions(table), self._disk_bytes()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
+                    table.optimize(cleanup_older_than=older_than)
+                    table.optimize(cleanup_older_than=older_than)
+                after = self._versions(table)
+        except (StoreError, LockTimeoutError):
+            raise
+        except Exception as exc:  # lancedb raises plain exceptions
+            raise StoreError(f"compaction of {self.collection} in {self.uri} failed: {exc}") from exc
+        kept = {v for v, _ in after}
+        return Compaction(self.collection, len(before), len(after), [v for v, _ in before if v not in kept],
+                          bytes_before, self._disk_bytes())
+
+    @staticmethod
+    def _versions(table) -> list[tuple[int, float]]:
+        """The table's versions, oldest first, with their commit times (Unix seconds)."""
+        return sorted((int(v["version"]), v["timestamp"].timestamp()) for v in table.list_versions())
+
+    def _disk_bytes(self) -> int | None:
+        """Bytes under the table's directory (data, versions, indexes); None on an object store."""
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        root = Path(self.uri.removeprefix("file://")) / f"{self.collection}.lance"
+        total = 0
+        for folder, _, names in os.walk(root):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+        return total
 
     def drop(self) -> None:
         try:

@@ -59,6 +59,13 @@ class _Metrics:
             "codeindex_cache_size_bytes", "Bytes a cache holds, as of its last write by this worker (embedding: "
             "the SQLite file or the PostgreSQL table with its indexes).", ["cache_type"],
             multiprocess_mode="mostrecent")
+        self.cache_limit = Gauge(
+            "codeindex_cache_limit_bytes", "The size limit of a cache that is evicted to one (download, clone: "
+            "least recently used first), as of its last eviction on this worker.", ["cache_type"],
+            multiprocess_mode="mostrecent")
+        self.cleanup_removed = Counter(
+            "codeindex_cleanup_removed", "Items cleanup removed, by rule (runs, failures, bundles, downloads, "
+            "clones, embeddings, compaction: old table versions; `codeindex cleanup`, beat's passes).", ["rule"])
         self.freshness = Gauge(
             "codeindex_index_freshness_seconds", "Seconds from the time of a repository's indexed commit (its "
             "committer time) to the commit of its index, as of its last sync that advanced the commit.",
@@ -75,6 +82,16 @@ class _Metrics:
         self.restore_seconds = Histogram(
             "codeindex_restore_duration_seconds", "Seconds of one successful restore of a clone from bundles "
             "(download, checksum, trial clone, move into place).", buckets=GIT_BUCKETS)
+        self.artifact_ops = Counter(
+            "codeindex_artifact_ops", "Index artifact pushes and pulls (seed 000) by operation (push, pull) and "
+            "outcome (ok; refused: a checksum, an unsafe member, an incompatible or oversized artifact).",
+            ["operation", "outcome"])
+        self.artifact_bytes = Histogram(
+            "codeindex_artifact_size_bytes", "Size of each artifact archive pushed or pulled, by operation.",
+            ["operation"], buckets=BUNDLE_BUCKETS)
+        self.artifact_seconds = Histogram(
+            "codeindex_artifact_duration_seconds", "Seconds of one successful push (snapshot, pack, upload) or "
+            "pull (download, checks, install), by operation.", ["operation"], buckets=GIT_BUCKETS)
         self.hit_rate = CacheHitRate(self.cache_requests)
 
 
@@ -158,6 +175,18 @@ def cache_size(cache_type: str, nbytes: int) -> None:
         _metrics.cache_size.labels(cache_type).set(nbytes)
 
 
+def cache_limit(cache_type: str, nbytes: int) -> None:
+    """Set the size limit of the cache ``cache_type`` to ``nbytes`` (beside its size)."""
+    if _metrics is not None:
+        _metrics.cache_limit.labels(cache_type).set(nbytes)
+
+
+def cleanup_removed(rule: str, count: int) -> None:
+    """Count ``count`` items a pass of cleanup ``rule`` removed (dry runs count nothing)."""
+    if _metrics is not None and count:
+        _metrics.cleanup_removed.labels(rule).inc(count)
+
+
 def freshness(repo_id: str, commit_time: float, indexed_time: float) -> None:
     """Set the freshness of ``repo_id``: ``indexed_time - commit_time`` (Unix seconds both)."""
     if _metrics is not None:
@@ -194,3 +223,15 @@ class CacheHitRate:
     def describe(self) -> list[Any]:
         """Nothing: the registry then checks no name of this collector against the others."""
         return []
+
+
+def artifact_op(operation: str, outcome: str, *, size: int | None = None, seconds: float | None = None) -> None:
+    """Count one artifact ``operation`` (``push``, ``pull``) with ``outcome`` (``ok``,
+    ``refused``); a successful one also observes its archive's ``size`` (bytes) and ``seconds``."""
+    if _metrics is None:
+        return
+    _metrics.artifact_ops.labels(operation, outcome).inc()
+    if size is not None:
+        _metrics.artifact_bytes.labels(operation).observe(size)
+    if seconds is not None:
+        _metrics.artifact_seconds.labels(operation).observe(seconds)

@@ -41,6 +41,27 @@ class VectorObject:
 
 
 @dataclass(frozen=True, slots=True)
+class Compaction:
+    """What a compaction of one collection did (or, for a dry run, would do): the table's
+    versions before and after, the old versions it removed, and the bytes the table took on
+    disk before and after (None where the store cannot tell: an object store)."""
+
+    collection: str
+    versions_before: int
+    versions_after: int
+    removed_versions: list[int]
+    bytes_before: int | None
+    bytes_after: int | None
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes the compaction gave back (0 when unknown)."""
+        if self.bytes_before is None or self.bytes_after is None:
+            return 0
+        return max(0, self.bytes_before - self.bytes_after)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredChunk:
     """What the store holds of one object, as ``codeindex verify`` checks it against the state."""
 
@@ -141,6 +162,11 @@ class VectorStore(Protocol):
         repositories are then indexed again)."""
         ...
 
+    def objects(self, repo: str) -> Iterator[VectorObject]:
+        """Yield every object of ``repo`` with all its properties and its vector, as read from one
+        version of the store (what an index artifact packs). Raises StoreError when it cannot be read."""
+        ...
+
     def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         """Return the ``k`` objects nearest to ``vector`` (cosine) among those ``filters`` admits."""
         ...
@@ -158,6 +184,12 @@ class VectorStore(Protocol):
     def count(self, repo: str | None = None) -> int:
         """Number of objects, in all repositories or in ``repo`` (which reads the data of every
         fragment: a store with missing data files raises StoreError here)."""
+        ...
+
+    def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
+        """Merge small data files and remove table versions older than ``keep_seconds`` (never
+        the latest), with the objects unchanged; ``dry_run``: say which versions would go and
+        change nothing. A store that compacts itself reports nothing removed."""
         ...
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:

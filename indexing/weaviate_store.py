@@ -20,6 +20,7 @@ import numpy as np
 from indexing.errors import StoreError, UsageError
 from indexing.lexical import document_terms
 from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject
+from indexing.store import Compaction
 
 if TYPE_CHECKING:
     from weaviate import WeaviateClient
@@ -551,6 +552,25 @@ class WeaviateStore:
             for obj in handle.iterator(return_properties=list(_INVENTORY_PROPERTIES), cache_size=PAGE):
                 if obj.properties["repo"] == repo:
                     yield _stored_chunk(obj)
+
+    def objects(self, repo: str) -> Iterator[VectorObject]:
+        """Every object of ``repo`` with its vector: the cursor iterator over the collection (or
+        tenant), as :meth:`inventory` reads it, keeping ``repo``'s objects. Raises StoreError."""
+        handle = self._open()
+        if handle is None:
+            return
+        with self._failing(f"objects of {repo}"):
+            for obj in handle.iterator(include_vector=True, return_properties=list(_PROPERTIES), cache_size=PAGE):
+                props = obj.properties
+                if props["repo"] == repo:
+                    yield VectorObject(id=str(obj.uuid), **{n: int(props[n]) if n in _INT_FIELDS else props[n]
+                                                            for n in _PROPERTIES},
+                                       vector=np.asarray(obj.vector[VECTOR_NAME], dtype=np.float32))
+
+    def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
+        """Nothing to do: Weaviate compacts its segments itself, in the background, and keeps
+        no versions of a collection to remove."""
+        return Compaction(self.collection, 0, 0, [], None, None)
 
     def drop(self) -> None:
         """Delete the whole collection (``collections.delete``) or, with a tenant, only the tenant

@@ -27,7 +27,8 @@ log = logging.getLogger("codeindex.tasks")
 #: Transient failures: retried with backoff up to the kind's ``max_retries``.
 RETRIED = (StoreError, LockTimeoutError)
 
-app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards", "tasks.cleanup", "tasks.backup"])
+app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards", "tasks.cleanup", "tasks.backup",
+                                    "tasks.artifact"])
 app.conf.update(celery_config(get_settings()))
 
 #: The message header holding the Unix time a task message was published, which

@@ -28,6 +28,7 @@ from indexing.errors import (
     UsageError,
 )
 from indexing.store import SearchFilter, SearchHit, StoredChunk, VectorObject, VectorStore
+from indexing.store import Compaction
 
 log = logging.getLogger("codeindex.breakers")
 
@@ -175,6 +176,12 @@ class GuardedVectorStore:
 
     def drop(self) -> None:
         call_through(self._breaker(), self._store.drop)
+
+    def objects(self, repo: str) -> Iterator[VectorObject]:
+        return iter(call_through(self._breaker(), lambda: list(self._store.objects(repo))))
+
+    def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
+        return call_through(self._breaker(), self._store.compact, keep_seconds, dry_run=dry_run)
 
     def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         return call_through(self._breaker(), self._store.search, vector, k, filters)
