@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,8 @@ import numpy as np
 from indexing.errors import StoreError
 
 _SQL_BATCH = 500
+#: Keys read at a time when the cache is walked (``keys``).
+_KEY_PAGE = 5000
 
 
 class EmbeddingCache(Protocol):
@@ -33,6 +35,15 @@ class EmbeddingCache(Protocol):
 
     def size_bytes(self) -> int:
         """Bytes the cache takes in its storage (``codeindex_cache_size_bytes``)."""
+        ...
+
+    def keys(self) -> Iterator[tuple[str, str]]:
+        """Every key, ``(model id, text hash)``, in key order (read in pages: a writer may add
+        keys meanwhile; those after the page being read are seen)."""
+        ...
+
+    def delete_many(self, model_id: str, text_hashes: Sequence[str]) -> int:
+        """Delete the entries of ``text_hashes`` under ``model_id``; return how many there were."""
         ...
 
 
@@ -96,6 +107,35 @@ class SQLiteEmbeddingCache:
             conn.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"embedding cache {self.path}: {exc}") from exc
+
+    def keys(self) -> Iterator[tuple[str, str]]:
+        after: tuple[str, str] = ("", "")
+        while True:
+            try:
+                page = self._conn().execute(
+                    "SELECT model, text_sha256 FROM embeddings WHERE (model, text_sha256) > (?, ?) "
+                    "ORDER BY model, text_sha256 LIMIT ?", [*after, _KEY_PAGE]).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"embedding cache {self.path}: {exc}") from exc
+            yield from page
+            if len(page) < _KEY_PAGE:
+                return
+            after = page[-1]
+
+    def delete_many(self, model_id: str, text_hashes: Sequence[str]) -> int:
+        deleted = 0
+        unique = list(dict.fromkeys(text_hashes))
+        try:
+            conn = self._conn()
+            for start in range(0, len(unique), _SQL_BATCH):
+                part = unique[start : start + _SQL_BATCH]
+                deleted += conn.execute(
+                    f"DELETE FROM embeddings WHERE model = ? AND text_sha256 IN ({','.join('?' * len(part))})",
+                    [model_id, *part]).rowcount
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"embedding cache {self.path}: {exc}") from exc
+        return deleted
 
     def size_bytes(self) -> int:
         """The SQLite file with its write-ahead log, in bytes (0 for a file not there)."""

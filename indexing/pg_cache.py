@@ -7,7 +7,7 @@ Vectors are stored as raw float32 bytes keyed by (model id, SHA-256 of the chunk
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +55,29 @@ class PostgresEmbeddingCache:
                 "INSERT INTO embeddings (model, text_sha256, vector) "
                 "SELECT %s, * FROM unnest(%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING",
                 [model_id, hashes, blobs]))
+
+    def keys(self) -> Iterator[tuple[str, str]]:
+        """Every key in key order, a page of :data:`_BATCH` at a time (keyset pagination on the
+        primary key, so each page is one index range scan). Raises StoreError."""
+        after = ("", "")
+        while True:
+            rows = self.db.read("SELECT model, text_sha256 FROM embeddings WHERE (model, text_sha256) > (%s, %s) "
+                                "ORDER BY model, text_sha256 LIMIT %s", [*after, _BATCH])
+            yield from ((r["model"], r["text_sha256"]) for r in rows)
+            if len(rows) < _BATCH:
+                return
+            after = (rows[-1]["model"], rows[-1]["text_sha256"])
+
+    def delete_many(self, model_id: str, text_hashes: Sequence[str]) -> int:
+        """Delete those entries in key order (as :meth:`put_many` inserts: no deadlock between
+        them). Raises StoreError."""
+        unique = sorted(set(text_hashes))
+        deleted = 0
+        for start in range(0, len(unique), _BATCH):
+            part = unique[start:start + _BATCH]
+            deleted += self.db.write(lambda conn, part=part: conn.execute(
+                "DELETE FROM embeddings WHERE model = %s AND text_sha256 = ANY(%s)", [model_id, part]).rowcount)
+        return deleted
 
     def size_bytes(self) -> int:
         """The table with its index and TOAST data, in bytes (PostgreSQL's
