@@ -254,9 +254,21 @@ class PostgresStateStore:
         self.db.write(lambda conn: conn.execute(
             "UPDATE failures SET replayed_at = %s WHERE id = %s", [utcnow(), failure_id]))
 
-    def delete_runs_before(self, cutoff: str) -> int:
+    def expired_runs(self, cutoff: str, limit: int) -> list[str]:
+        return [r["id"] for r in self._query("SELECT id FROM sync_runs WHERE started_at < %s AND status <> %s "
+                                             "ORDER BY started_at, id LIMIT %s", [cutoff, RunStatus.RUNNING, limit])]
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
         return self.db.write(lambda conn: conn.execute(
-            "DELETE FROM sync_runs WHERE started_at < %s AND status <> %s", [cutoff, RunStatus.RUNNING]).rowcount)
+            "DELETE FROM sync_runs WHERE status <> %s AND id = ANY(%s)", [RunStatus.RUNNING, list(run_ids)]).rowcount)
+
+    def expired_failures(self, cutoff: str, limit: int) -> list[int]:
+        return [r["id"] for r in self._query("SELECT id FROM failures WHERE created_at < %s AND replayed_at IS NOT NULL "
+                                             "ORDER BY id LIMIT %s", [cutoff, limit])]
+
+    def delete_failures(self, failure_ids: Sequence[int]) -> int:
+        return self.db.write(lambda conn: conn.execute(
+            "DELETE FROM failures WHERE replayed_at IS NOT NULL AND id = ANY(%s)", [list(failure_ids)]).rowcount)
 
     def repo_stats(self) -> list[RepoStats]:
         """Every repository with its files, chunks and bytes indexed, sorted by id."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -254,8 +254,22 @@ class StateStore(Protocol):
         """Stamp ``replayed_at`` on a dead-letter record that was re-enqueued."""
         ...
 
-    def delete_runs_before(self, cutoff: str) -> int:
-        """Retention: delete finished runs started before ISO-8601 ``cutoff``; return how many."""
+    def expired_runs(self, cutoff: str, limit: int) -> list[str]:
+        """Retention: the ids of at most ``limit`` finished runs started before ISO-8601
+        ``cutoff``, oldest first."""
+        ...
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete those of ``run_ids`` that are not running; return how many were deleted."""
+        ...
+
+    def expired_failures(self, cutoff: str, limit: int) -> list[int]:
+        """Retention: the ids of at most ``limit`` dead-letter records created before ISO-8601
+        ``cutoff`` and replayed since (a record never replayed stays: its work is not done), oldest first."""
+        ...
+
+    def delete_failures(self, failure_ids: Sequence[int]) -> int:
+        """Delete those of ``failure_ids`` that were replayed; return how many were deleted."""
         ...
 
     def repo_stats(self) -> list[RepoStats]:
@@ -302,6 +316,12 @@ CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, task TEXT NOT NULL,
     arguments TEXT NOT NULL, error TEXT NOT NULL, created_at TEXT NOT NULL, replayed_at TEXT);
 """
+
+
+def _parts(values: Sequence, size: int = 500) -> Iterator[Sequence]:
+    """``values`` in slices of at most ``size`` (SQLite's limit on bound parameters)."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 class SQLiteStateStore:
@@ -549,10 +569,24 @@ class SQLiteStateStore:
         with self._tx() as conn:
             conn.execute("UPDATE failures SET replayed_at = ? WHERE id = ?", [utcnow(), failure_id])
 
-    def delete_runs_before(self, cutoff: str) -> int:
+    def expired_runs(self, cutoff: str, limit: int) -> list[str]:
+        return [r["id"] for r in self._query("SELECT id FROM sync_runs WHERE started_at < ? AND status != ? "
+                                             "ORDER BY started_at, id LIMIT ?", [cutoff, RunStatus.RUNNING, limit])]
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
         with self._tx() as conn:
-            return conn.execute("DELETE FROM sync_runs WHERE started_at < ? AND status != ?",
-                                [cutoff, RunStatus.RUNNING]).rowcount
+            return sum(conn.execute(f"DELETE FROM sync_runs WHERE status != ? AND id IN ({','.join('?' * len(part))})",
+                                    [RunStatus.RUNNING, *part]).rowcount for part in _parts(run_ids))
+
+    def expired_failures(self, cutoff: str, limit: int) -> list[int]:
+        return [r["id"] for r in self._query("SELECT id FROM failures WHERE created_at < ? AND replayed_at IS NOT NULL "
+                                             "ORDER BY id LIMIT ?", [cutoff, limit])]
+
+    def delete_failures(self, failure_ids: Sequence[int]) -> int:
+        with self._tx() as conn:
+            return sum(conn.execute(f"DELETE FROM failures WHERE replayed_at IS NOT NULL AND id IN "
+                                    f"({','.join('?' * len(part))})", list(part)).rowcount
+                       for part in _parts(failure_ids))
 
     def repo_stats(self) -> list[RepoStats]:
         """Every repository with its files, chunks and bytes indexed, sorted by id."""

@@ -183,7 +183,7 @@ def test_failures_record_list_get_replay(store):
     assert replace(replayed, replayed_at=None) == oldest
 
 
-def test_delete_runs_before_keeps_running_and_newer_runs(store):
+def test_run_retention_keeps_running_and_newer_runs(store):
     store.start_run(RunRecord(id="old-done", repo_id="r", trigger="cli", status="succeeded",
                               started_at="2026-01-01T00:00:00.000+00:00"))
     store.start_run(RunRecord(id="old-failed", repo_id="r", trigger="cli", status="failed",
@@ -192,9 +192,23 @@ def test_delete_runs_before_keeps_running_and_newer_runs(store):
                               started_at="2026-01-01T00:00:00.000+00:00"))
     store.start_run(RunRecord(id="new-done", repo_id="r", trigger="cli", status="succeeded",
                               started_at="2026-02-01T00:00:00.000+00:00"))
-    assert store.delete_runs_before("2026-01-15T00:00:00.000+00:00") == 2
+    cutoff = "2026-01-15T00:00:00.000+00:00"
+    assert store.expired_runs(cutoff, limit=1) == ["old-done"]
+    assert store.expired_runs(cutoff, limit=10) == ["old-done", "old-failed"]
+    assert store.delete_runs(["old-done", "old-failed", "old-running"]) == 2  # a running run is never deleted
     assert sorted(r.id for r in store.list_runs()) == ["new-done", "old-running"]
-    assert store.delete_runs_before("2026-01-15T00:00:00.000+00:00") == 0
+    assert store.expired_runs(cutoff, limit=10) == [] and store.delete_runs([]) == 0
+
+
+def test_failure_retention_keeps_records_not_replayed(store):
+    for task in ("a", "b"):
+        store.record_failure(None, task, {"args": [], "kwargs": {}}, "boom")
+    replayed, pending = sorted(store.failures(), key=lambda f: f.task)
+    store.mark_failure_replayed(replayed.id)
+    assert store.expired_failures("9999-01-01T00:00:00.000+00:00", limit=10) == [replayed.id]
+    assert store.expired_failures("2000-01-01T00:00:00.000+00:00", limit=10) == []
+    assert store.delete_failures([replayed.id, pending.id]) == 1
+    assert [f.id for f in store.failures()] == [pending.id]
 
 
 def test_repo_stats(store):
