@@ -202,6 +202,35 @@ def _inline(data: bytes, checksum: str, linked: bool) -> FileContent:
 
 
 # --- the reader's side -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """What an eviction of a cache removed (or, for a dry run, would remove), least recently
+    used first: the entries' names, their bytes, and the cache's size after it against its limit."""
+
+    removed: list[str]
+    bytes_freed: int
+    size_bytes: int
+    max_bytes: int
+
+
+def lru_victims(entries: Sequence[tuple[float, int, T]], max_bytes: int, target: int,
+                limit: int | None = None) -> list[tuple[float, int, T]]:
+    """The entries (last use, size, item) to remove, least recently used first, when their total
+    exceeds ``max_bytes``: enough to bring it down to ``target``, at most ``limit`` of them.
+    Nothing when the total is within ``max_bytes``."""
+    ordered = sorted(entries, key=lambda e: (e[0], e[1]))
+    total = sum(size for _, size, _ in ordered)
+    if total <= max_bytes:
+        return []
+    victims = []
+    for entry in ordered:
+        if total <= target or (limit is not None and len(victims) >= limit):
+            break
+        victims.append(entry)
+        total -= entry[1]
+    return victims
+
+
 
 class DownloadCache:
     """Downloaded objects on the reader's disk, by SHA-256 (``<root>/<sha[:2]>/<sha>``), at most
@@ -264,9 +293,11 @@ class DownloadCache:
                 self._total = self._scan_total()
             else:
                 self._total += len(data)
-            if self._total > self.max_bytes:
-                self._total = self._evict()
-            metrics.cache_size("download", self._total)
+            over = self._total > self.max_bytes
+            if not over:
+                metrics.cache_size("download", self._total)
+        if over:
+            self.evict()
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         out = []
@@ -286,18 +317,23 @@ class DownloadCache:
     def _scan_total(self) -> int:
         return sum(size for _, size, _ in self._entries())
 
-    def _evict(self) -> int:
-        """Remove the least recently used entries until the total is under 90 % of the limit;
-        the new total."""
-        entries = sorted(self._entries())
-        total = sum(size for _, size, _ in entries)
-        target = int(self.max_bytes * 0.9)
-        for _, size, path in entries:
-            if total <= target:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-        return total
+    def evict(self, *, dry_run: bool = False, limit: int | None = None) -> Eviction:
+        """When the cache holds more than its limit, remove the least recently used entries until
+        it holds at most 90 % of it (so that the next puts do not evict again at once), at most
+        ``limit`` of them; ``dry_run``: only say which. A cache within its limit loses nothing."""
+        with self._lock:
+            entries = self._entries()
+            victims = lru_victims(entries, self.max_bytes, int(self.max_bytes * 0.9), limit)
+            if not dry_run:
+                for _, _, path in victims:
+                    path.unlink(missing_ok=True)
+            freed = sum(size for _, size, _ in victims)
+            total = sum(size for _, size, _ in entries) - freed
+            if not dry_run:
+                self._total = total
+                metrics.cache_size("download", total)
+            metrics.cache_limit("download", self.max_bytes)
+        return Eviction([p.relative_to(self.root).as_posix() for _, _, p in victims], freed, total, self.max_bytes)
 
     @property
     def hit_rate(self) -> float:
@@ -379,7 +415,7 @@ class CloneCache:
             except RepositoryError as exc:
                 raise FileIssue(str(exc)) from None
         if cloned:
-            self._evict(keep=path)
+            self.evict(keep=path)
         with self._lock:
             self._trees[(url, commit)] = tree
             while len(self._trees) > self.OPEN_TREES:
@@ -387,27 +423,36 @@ class CloneCache:
                 old.close()
         return tree
 
-    def _evict(self, keep: Path) -> None:
-        """Remove least recently used clones (not ``keep``, not one another process holds) until
-        the cache is within its limit."""
+    def evict(self, *, keep: Path | None = None, dry_run: bool = False, limit: int | None = None) -> Eviction:
+        """Remove least recently used clones until the cache is within its limit, at most
+        ``limit`` of them, never ``keep`` (the clone just made) nor one another process holds
+        (its lock is taken without waiting); ``dry_run``: only say which."""
         clones = []
-        for entry in self.root.glob("*.git"):
-            clones.append((entry.stat().st_mtime, _tree_size(entry), entry))
-        total = sum(size for _, size, _ in clones)
-        for _, size, entry in sorted(clones):
-            if total <= self.max_bytes:
-                break
-            if entry == keep:
-                continue
-            lock = FileLock(str(entry) + ".lock", timeout=0)
+        for entry in self.root.glob("*.git") if self.root.is_dir() else ():
             try:
-                with lock:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    total -= size
+                clones.append((entry.stat().st_mtime, _tree_size(entry), entry))
+            except OSError:
+                continue  # removed by another process meanwhile
+        total = sum(size for _, size, _ in clones)
+        candidates = [c for c in clones if c[2] != keep]
+        pinned = total - sum(size for _, size, _ in candidates)
+        removed: list[tuple[float, int, Path]] = []
+        for victim in lru_victims(candidates, self.max_bytes - pinned, self.max_bytes - pinned, limit):
+            if dry_run:
+                removed.append(victim)
+                continue
+            try:
+                with FileLock(str(victim[2]) + ".lock", timeout=0):
+                    shutil.rmtree(victim[2], ignore_errors=True)
+                removed.append(victim)
             except Timeout:
                 continue
-        metrics.cache_size("clone", total)
-        self._forget_missing()
+        freed = sum(size for _, size, _ in removed)
+        if not dry_run:
+            metrics.cache_size("clone", total - freed)
+            self._forget_missing()
+        metrics.cache_limit("clone", self.max_bytes)
+        return Eviction([p.name for _, _, p in removed], freed, total - freed, self.max_bytes)
 
     def _forget_missing(self) -> None:
         with self._lock:
