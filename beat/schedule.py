@@ -6,10 +6,18 @@ The schedule (seed 002 "FAQ: what happens if a pod dies"; DESIGN.md "Sharding"):
   30 s go offline, their repositories and queued messages move to the next owners;
 - ``codeindex.shards.rebalance`` every ``rebalance_interval`` (60 s), at most
   ``rebalance_max_moves`` repositories a pass;
-- ``codeindex.cleanup.retention`` hourly;
+- ``codeindex.cleanup.retention`` hourly: sync runs, and replayed failure records, older than
+  ``run_retention_days``;
 - ``codeindex.backup.schedule`` every ``backup_interval`` (900 s): a bundle of each repository
   whose index moved past its last bundle and has been quiet for ``backup_quiet_seconds``;
-- ``codeindex.cleanup.bundles`` hourly: bundle retention (``backup_keep``, ``backup_keep_days``).
+- ``codeindex.cleanup.bundles`` hourly: bundle retention (``backup_keep``, ``backup_keep_days``);
+- ``codeindex.cleanup.caches`` and ``codeindex.cleanup.embeddings`` every ``cleanup_interval``
+  (3600 s): LRU eviction of every worker's download and clone caches, and the embedding-cache
+  entries no index uses;
+- ``codeindex.cleanup.compaction`` every ``compaction_interval`` (a day): each collection's
+  vector table compacted, versions older than ``compaction_keep_seconds`` removed.
+
+Every cleanup rule removes at most ``cleanup_max_per_pass`` items a pass (workers/cleanup.py).
 
 Each entry expires after its own interval, so a backlog of missed checks is not run later.
 Entries name their task only: its kind (``config.kinds``) decides the queue.
@@ -37,6 +45,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
         "cleanup-retention": entry("codeindex.cleanup.retention", 3600.0),
         "backup-schedule": entry("codeindex.backup.schedule", settings.backup_interval),
         "cleanup-bundles": entry("codeindex.cleanup.bundles", 3600.0),
+        "cleanup-caches": entry("codeindex.cleanup.caches", settings.cleanup_interval),
+        "cleanup-embeddings": entry("codeindex.cleanup.embeddings", settings.cleanup_interval),
+        "cleanup-compaction": entry("codeindex.cleanup.compaction", settings.compaction_interval),
     }
 
 

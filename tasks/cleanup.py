@@ -1,27 +1,45 @@
-"""Cleanup tasks, scheduled by beat (queue ``maintenance``): retention of finished sync runs and of bundles."""
+"""Cleanup tasks, scheduled by beat (queue ``maintenance``): each runs one pass of the cleanup
+rules (``workers.cleanup.PASSES``), every rule bounded by ``cleanup_max_per_pass``."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from config.kinds import TaskKind
 from workers.app import codeindex_task
-from workers.backups import prune_bundles
+from workers.cleanup import cache_queues, run_pass
 from workers.runtime import runtime
 
 
 @codeindex_task("codeindex.cleanup.retention", kind=TaskKind.CLEANUP)
 def retention(self) -> dict:
-    """Delete finished sync runs older than ``run_retention_days``. Returns how many, and the cutoff."""
-    rt = runtime()
-    cutoff = datetime.now(timezone.utc) - timedelta(days=rt.settings.run_retention_days)
-    deleted = rt.state.delete_runs_before(cutoff.isoformat(timespec="milliseconds"))
-    return {"runs_deleted": deleted, "cutoff": cutoff.isoformat()}
+    """Finished sync runs, and replayed failure records, older than ``run_retention_days``."""
+    return run_pass(runtime(), "retention")
 
 
 @codeindex_task("codeindex.cleanup.bundles", kind=TaskKind.CLEANUP)
 def bundles(self) -> dict:
-    """Bundle retention: keep each repository's newest ``backup_keep`` bundles and those younger
-    than ``backup_keep_days``, in passes of ``backup_max_per_pass`` repositories."""
-    s = runtime().settings
-    return prune_bundles(runtime(), keep=s.backup_keep, keep_days=s.backup_keep_days, limit=s.backup_max_per_pass)
+    """Bundle retention: each repository's newest ``backup_keep`` bundles and those younger than
+    ``backup_keep_days`` stay, with the bases they need."""
+    return run_pass(runtime(), "bundles")
+
+
+@codeindex_task("codeindex.cleanup.caches", kind=TaskKind.CLEANUP)
+def caches(self, here: bool = False) -> dict:
+    """LRU eviction of the download and clone caches to their limits. Each worker has its own
+    caches: beat's message is sent on to every active shard's queue (``here``: evict this one's)."""
+    rt = runtime()
+    queues = [] if here else cache_queues(rt)
+    for queue in queues:
+        self.apply_async(kwargs={"here": True}, queue=queue, expires=rt.settings.cleanup_interval)
+    return {"pass": "caches", "sent": queues} if queues else run_pass(rt, "caches")
+
+
+@codeindex_task("codeindex.cleanup.embeddings", kind=TaskKind.CLEANUP)
+def embeddings(self) -> dict:
+    """Embedding-cache entries that no collection's objects use any more."""
+    return run_pass(runtime(), "embeddings")
+
+
+@codeindex_task("codeindex.cleanup.compaction", kind=TaskKind.CLEANUP)
+def compaction(self) -> dict:
+    """Each collection's vector table compacted, versions older than ``compaction_keep_seconds`` removed."""
+    return run_pass(runtime(), "compaction")

@@ -16,8 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from indexing.bundles import (
-    BackupResult, RestoreResult, create_bundle, delete_bundles, expired, list_bundles, list_restores,
-    record_restore, restore_bundle,
+    BackupResult, RestoreResult, create_bundle, list_bundles, list_restores, record_restore, restore_bundle,
 )
 from indexing.errors import StoreError, UsageError
 from indexing.git_source import repo_dir_name
@@ -124,22 +123,6 @@ def _changed_within(stats: RepoStats, moment: datetime, seconds: float) -> bool:
     if not stats.indexed_at:
         return False
     return (moment - datetime.fromisoformat(stats.indexed_at)).total_seconds() < seconds
-
-
-def prune_bundles(rt: Runtime, *, keep: int, keep_days: float, limit: int) -> dict:
-    """Retention: for at most ``limit`` repositories, delete the bundles :func:`expired` names.
-    Returns how many bundles were deleted and for which repositories."""
-    store = _object_store(rt)
-    deleted: dict[str, int] = {}
-    for stats in rt.readonly_state().repo_stats():
-        if not stats.url:
-            continue
-        old = expired(list_bundles(store, stats.repo_id), keep=keep, keep_days=keep_days)
-        if old:
-            deleted[stats.repo_id] = delete_bundles(store, old)
-            if len(deleted) >= limit:
-                break
-    return {"bundles_deleted": sum(deleted.values()), "repositories": deleted}
 
 
 def backup_before_hand_over(rt: Runtime, repo_ids: list[str], deadline: float, *, incremental: bool) -> dict:

@@ -178,7 +178,9 @@ def test_beat_backs_up_what_moved_and_prunes_old_bundles(tmp_path: Path) -> None
         assert add_repository("lib", "codeindex", url=history.url, branch="main")[2].get()["errors"] == 0
         assert schedule.apply().get()["sent"] == 1
         assert [r.head for r in list_bundles(store, "lib")] == history.commits[-2:]
-        assert prune.apply().get() == {"bundles_deleted": 1, "repositories": {"lib": 1}}
+        (pruned,) = prune.apply().get()["results"]
+        assert pruned["rule"] == "bundles" and len(pruned["removed"]) == 1 and pruned["error"] is None
+        assert prune.apply().get()["results"][0]["removed"] == []  # a second pass removes nothing
         assert [r.head for r in list_bundles(store, "lib")] == history.commits[-1:]
     finally:
         runtime.reset()
