@@ -14,6 +14,8 @@ The schedule (seed 002 "FAQ: what happens if a pod dies"; DESIGN.md "Sharding"):
 - ``codeindex.cleanup.caches`` and ``codeindex.cleanup.embeddings`` every ``cleanup_interval``
   (3600 s): LRU eviction of every worker's download and clone caches, and the embedding-cache
   entries no index uses;
+- ``codeindex.cleanup.artifacts`` every ``cleanup_interval``: index artifact retention (seed
+  000: pull-request 7 days, main 30 days, promoted longer);
 - ``codeindex.cleanup.compaction`` every ``compaction_interval`` (a day): each collection's
   vector table compacted, versions older than ``compaction_keep_seconds`` removed.
 
@@ -48,6 +50,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
         "cleanup-caches": entry("codeindex.cleanup.caches", settings.cleanup_interval),
         "cleanup-embeddings": entry("codeindex.cleanup.embeddings", settings.cleanup_interval),
         "cleanup-compaction": entry("codeindex.cleanup.compaction", settings.compaction_interval),
+        "cleanup-artifacts": entry("codeindex.cleanup.artifacts", settings.cleanup_interval),
     }
 
 

@@ -21,7 +21,7 @@ def cleanup(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what each rule would remove; remove nothing.")] = False,
     rules: Annotated[Optional[list[str]], typer.Option("--rule", help="Run only this rule (repeatable): runs, "
                                                        "failures, bundles, downloads, clones, embeddings, "
-                                                       "compaction.")] = None,
+                                                       "compaction, artifacts.")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Run every retention, eviction and compaction rule now (or those named with --rule), each

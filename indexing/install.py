@@ -62,11 +62,17 @@ def install_snapshot(snap: Snapshot, state: StateStore, store: VectorStore, *, r
     return fence
 
 
+def _sibling(home: Path, kind: str, token: str = "*") -> Path:
+    """The hidden sibling of ``home`` an install uses: ``.codeindex`` -> ``.codeindex.staging-<token>``."""
+    name = home.name if home.name.startswith(".") else "." + home.name
+    return home.parent / f"{name}.{kind}-{token}"
+
+
 def staging_dir(home: Path) -> Path:
     """A new, empty staging directory beside ``home`` (same file system), ignored by git and by
     the scanner (a ``.gitignore`` of ``*``), with the install's marker."""
     token = secrets.token_hex(6)
-    staged = home.parent / f".{home.name}.staging-{token}"
+    staged = _sibling(home, "staging", token)
     staged.mkdir(parents=True)
     (staged / ".gitignore").write_text("*\n")
     (staged / MARKER).write_text(json.dumps({"token": token, "home": str(home)}))
@@ -97,7 +103,7 @@ def switch_home(home: Path, staged: Path) -> None:
         else:
             (home / ".gitignore").exists() or (home / ".gitignore").write_text("*\n")
             if not _exchange(staged, home):
-                aside = home.parent / f".{home.name}.previous-{secrets.token_hex(6)}"
+                aside = _sibling(home, "previous", secrets.token_hex(6))
                 os.rename(home, aside)  # recover() puts it back if we die before the next line
                 os.rename(staged, home)
                 staged = aside
@@ -129,14 +135,14 @@ def recover(home: Path) -> list[str]:
     if not home.parent.is_dir():
         return done
     marker = _marker(home)
-    for entry in sorted(home.parent.glob(f".{home.name}.staging-*")):
+    for entry in sorted(home.parent.glob(_sibling(home, "staging").name)):
         if marker and entry.name.endswith(marker):
             _carry_over(entry, home)
             done.append(f"carried over the previous index home's files from {entry.name}")
         else:
             shutil.rmtree(entry, ignore_errors=True)
             done.append(f"removed the unfinished install {entry.name}")
-    for entry in sorted(home.parent.glob(f".{home.name}.previous-*")):
+    for entry in sorted(home.parent.glob(_sibling(home, "previous").name)):
         if not home.exists():
             os.rename(entry, home)
             done.append(f"put the previous index home back from {entry.name}")

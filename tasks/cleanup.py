@@ -43,3 +43,9 @@ def embeddings(self) -> dict:
 def compaction(self) -> dict:
     """Each collection's vector table compacted, versions older than ``compaction_keep_seconds`` removed."""
     return run_pass(runtime(), "compaction")
+
+
+@codeindex_task("codeindex.cleanup.artifacts", kind=TaskKind.CLEANUP)
+def artifacts(self) -> dict:
+    """Index artifact retention: pull-request, main-branch and promoted artifacts past their days."""
+    return run_pass(runtime(), "artifacts")

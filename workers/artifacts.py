@@ -318,8 +318,7 @@ def artifact_status(rt: Runtime, repo_id: str, branch: str | None, root: Path | 
             "status": relation(root, local, record.commit)}
 
 
-def prune_artifacts(rt: Runtime, *, dry_run: bool = False, now: datetime | None = None) -> list[str]:
-    """Artifact retention: remove (or with ``dry_run`` list) the artifacts past their retention,
-    at most ``cleanup_max_per_pass``; their ids."""
-    return artifact_store(rt).prune(retention_policy(rt), now or datetime.now(timezone.utc),
-                                    rt.settings.cleanup_max_per_pass, dry_run=dry_run)
+def prune_artifacts(rt: Runtime, *, limit: int, dry_run: bool = False, now: datetime | None = None) -> list[str]:
+    """Artifact retention: remove (or with ``dry_run`` list) at most ``limit`` artifacts past
+    their retention (:class:`~indexing.artifact_store.RetentionPolicy`); their ids."""
+    return artifact_store(rt).prune(retention_policy(rt), now or datetime.now(timezone.utc), limit, dry_run=dry_run)

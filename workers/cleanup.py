@@ -20,6 +20,7 @@ from indexing.bundles import delete_bundles, expired, list_bundles
 from indexing.cleanup import CleanupResult, collect_embeddings, compaction_result, cutoff, eviction_result, \
     referenced_keys
 from indexing.errors import CodeindexError, DamagedStoreError, UsageError
+from workers.artifacts import prune_artifacts
 from workers.runtime import Runtime
 
 log = logging.getLogger("codeindex.cleanup")
@@ -114,6 +115,17 @@ def compaction(rt: Runtime, dry_run: bool, limit: int) -> CleanupResult:
     return compaction_result(done, dry_run=dry_run, more=len(names) > limit)
 
 
+def artifacts(rt: Runtime, dry_run: bool, limit: int) -> CleanupResult:
+    """Index artifact retention (seed 000): pull-request artifacts after ``artifact_pr_days``,
+    main-branch ones after ``artifact_main_days``, promoted ones ``artifact_promoted_days`` after
+    their promotion; never the base of a delta that is kept. Enforced here, not by S3 lifecycle
+    rules. Nothing to do without an artifact store (a fleet with neither setting)."""
+    if rt.settings.artifact_uri is None and rt.object_store is None:
+        return CleanupResult("artifacts", dry_run=dry_run, note="no artifact store configured")
+    removed = prune_artifacts(rt, limit=limit, dry_run=dry_run)
+    return CleanupResult("artifacts", removed=removed, dry_run=dry_run, more=len(removed) >= limit)
+
+
 #: Every rule by name, in the order ``codeindex cleanup`` runs and prints them.
 RULES: dict[str, Rule] = {
     "runs": runs,
@@ -123,6 +135,7 @@ RULES: dict[str, Rule] = {
     "clones": clones,
     "embeddings": embeddings,
     "compaction": compaction,
+    "artifacts": artifacts,
 }
 
 #: Beat's passes (``codeindex.cleanup.<pass>``): the rules each runs. ``caches`` runs on every
@@ -133,6 +146,7 @@ PASSES: dict[str, tuple[str, ...]] = {
     "caches": ("downloads", "clones"),
     "embeddings": ("embeddings",),
     "compaction": ("compaction",),
+    "artifacts": ("artifacts",),
 }
 
 
