@@ -93,6 +93,14 @@ class ArtifactStore:
         """Where the artifacts are, for messages (never a credential)."""
         return self.objects.describe().rstrip("/") + "/" + PREFIX
 
+    def uri(self, record: ArtifactRecord) -> str:
+        """Where ``record``'s archive is, as a URI: ``s3://bucket/prefix/artifacts/<id>.tar.zst``
+        or ``file:///...`` for a directory."""
+        bucket = getattr(self.objects, "bucket", None)
+        if bucket:
+            return f"s3://{bucket}/" + "/".join(p for p in (getattr(self.objects, "prefix", ""), record.key) if p)
+        return (Path(getattr(self.objects, "root", ".")) / record.key).as_uri()
+
     def put(self, meta: ArtifactMeta, archive: Path, sha256: str, compression: str) -> ArtifactRecord:
         """Upload ``archive`` (its hex ``sha256``), then its record; return the record."""
         key = PREFIX + meta.id + _EXTENSIONS[compression]

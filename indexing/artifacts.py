@@ -29,8 +29,7 @@ import io
 import json
 import re
 import tarfile
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -452,27 +451,16 @@ def snapshot_objects(objects: Iterable[VectorObject], files: dict[str, FileState
     return kept
 
 
-def temporary_directory(near: Path, prefix: str) -> tempfile.TemporaryDirectory:
-    """A temporary directory beside ``near`` (same file system, so renames are atomic)."""
-    near.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=near)
-
-
 def chain_of(target: str, parents: dict[str, str | None]) -> list[str]:
     """The ids from the full artifact to ``target`` (``parents``: id -> base id, None for a
-    full one). ArtifactError for a base that is missing or a loop."""
-    chain, seen = [target], {target}
-    while (base := parents.get(chain[-1], "missing")) is not None:
-        if base == "missing" or base in seen:
-            raise ArtifactError(f"artifact {chain[-1]}'s base chain is broken "
-                                f"({'missing' if base == 'missing' else 'a loop at'} {chain[-1] if base == 'missing' else base})")
+    full one). ArtifactError for an id or base that is missing, or a loop."""
+    chain = [target]
+    while True:
+        if chain[-1] not in parents:
+            raise ArtifactError(f"artifact {target}'s chain is broken: {chain[-1]} is missing")
+        base = parents[chain[-1]]
+        if base is None:
+            return list(reversed(chain))
+        if base in chain:
+            raise ArtifactError(f"artifact {target}'s chain is broken: it loops at {base}")
         chain.append(base)
-        seen.add(base)
-    return list(reversed(chain))
-
-
-def iter_members(members: dict[str, bytes]) -> Iterator[tuple[str, int]]:
-    """(name, size) of each member, for progress and ``verify``'s report."""
-    for name in MEMBERS:
-        if name in members:
-            yield name, len(members[name])

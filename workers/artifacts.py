@@ -122,7 +122,7 @@ def push_artifact(rt: Runtime, repo_id: str, *, branch: str, as_delta: bool = Fa
         record = store.put(meta, archive, sha256, s.artifact_compression)
     metrics.artifact_op("push", "ok", size=record.size, seconds=time.monotonic() - started)
     log.info("artifact %s pushed: %d bytes, sha256 %s", record.id, record.size, record.sha256)
-    return {**record.as_dict(), "uri": store.describe() + record.key.removeprefix("artifacts/")}
+    return {**record.as_dict(), "uri": store.uri(record)}
 
 
 def _fetch_checked(rt: Runtime, store: ArtifactStore, record: ArtifactRecord, tmp: Path) -> tuple[ArtifactMeta, dict]:
