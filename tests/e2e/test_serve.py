@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,11 @@ def short_home():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-_VOLATILE = re.compile(r'("(?:run_id|seconds|started_at|finished_at)": )("[^"]*"|[0-9.]+)|(Time: +)[0-9.]+s')
+# Values that depend on when a command ran, not on what it did: run ids, durations and clock times
+# (status's indexed_at is the time the last sync committed; two runs a minute apart differ in it).
+# Everything else in the output is compared as is.
+_VOLATILE = re.compile(r'("(?:run_id|seconds|started_at|finished_at|indexed_at)": )("[^"]*"|[0-9.]+)'
+                       r'|(Time: +)[0-9.]+s')
 
 
 _COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
@@ -100,7 +105,7 @@ def normalized(proc: subprocess.CompletedProcess, root: Path) -> tuple[int, str,
     return proc.returncode, clean(proc.stdout), clean(proc.stderr)
 
 
-def script(root: Path, env: dict) -> list[tuple[int, str, str]]:
+def script(root: Path, env: dict) -> list[subprocess.CompletedProcess]:
     """A user's session: syncs from every source, searches, status, export, and the errors."""
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py"))
     results = [run(root, "sync", "--all", env=env)]
@@ -123,7 +128,13 @@ def script(root: Path, env: dict) -> list[tuple[int, str, str]]:
     for path in files[3:]:
         (root / path).unlink()
     results.append(run(root, "sync", "--all", "--delete-missing", env=env))  # the mass-delete guard: exit 3
-    return [normalized(proc, root) for proc in results]
+    return results
+
+
+def indexed_at(status: subprocess.CompletedProcess) -> datetime:
+    """The one repository's indexed_at in ``status --json``, which the comparison blanks."""
+    (repo,) = json.loads(status.stdout)["repositories"]
+    return datetime.fromisoformat(repo["indexed_at"])
 
 
 def test_same_output_through_server(tmp_path: Path) -> None:
@@ -134,15 +145,22 @@ def test_same_output_through_server(tmp_path: Path) -> None:
     env = environment()
     home = served_root / ".codeindex"
     server = start_server(served_root, env, home, "--idle-timeout", "0")
+    began = datetime.now(timezone.utc).replace(microsecond=0)
     try:
-        through = script(served_root, env)
-        assert health(home)["served"] == len(through)
+        served = script(served_root, env)
+        assert health(home)["served"] == len(served)
     finally:
         stop(server)
     assert not (home / "serve.sock").exists(), "a stopped server removes its socket"
-    here = script(local_root, env)
+    in_process = script(local_root, env)
+    ended = datetime.now(timezone.utc)
+    # the blanked clock times are still checked: each is when that session's last sync committed
+    assert began <= indexed_at(served[8]) <= indexed_at(in_process[8]) <= ended
+    through = [normalized(proc, served_root) for proc in served]
+    here = [normalized(proc, local_root) for proc in in_process]
     assert [r[0] for r in through] == [0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0, 3]
     assert through[10][1] == "exit 1\n" and through[10][2] == ""
+    assert '"indexed_at": X' in through[8][1] and '"files": ' in through[8][1]
     for ours, theirs in zip(through, here):
         assert ours == theirs
 
