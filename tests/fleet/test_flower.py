@@ -1,6 +1,7 @@
 """`codeindex flower` on a real fleet: basic auth on every page and API call, the sync's tasks
-under their stable names in the page a real browser (headless Chromium) renders, a refusal to
-start without authentication, and no password in any log, command line or start environment."""
+under their stable names in the page a real browser (headless Chromium) renders with
+credentials and nothing of it without, a refusal to start without authentication, and no
+password in any log, command line or start environment."""
 
 from __future__ import annotations
 
@@ -157,6 +158,15 @@ def test_flower_behind_basic_auth_shows_the_sync_tasks(fleet, tmp_path: Path) ->
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if os.environ.get("CODEINDEX_TEST_SAVE_SCREENSHOTS"):
         shutil.copyfile(shot, DOCS_IMAGE)
+
+    # (c) the same browser without credentials gets nothing of the page. Headless Chromium has no
+    # login dialog to cancel: on Flower's 401 challenge (only a challenge gives this error) it
+    # abandons the load, so there is no DOM to dump and no screenshot is written.
+    for args in (["--dump-dom"], [f"--screenshot={tmp_path / 'flower-no-credentials.png'}"]):
+        refused = chromium(tmp_path, f"{base}/tasks", *args)
+        assert "Page load failed: net::ERR_INVALID_AUTH_CREDENTIALS" in refused.stderr, refused.stderr
+        assert refused.stdout == "", refused.stdout[:2000]
+    assert not (tmp_path / "flower-no-credentials.png").exists()
 
     # (d) the password is in no log line, nor on Flower's command line or in its start environment.
     for pid_file in (f"/proc/{flower.pid}/cmdline", f"/proc/{flower.pid}/environ"):
