@@ -1,6 +1,7 @@
 """indexing/bundles.py on real clones of real code, in a local object store and in S3 (moto's
-server): backups, checksums and trial clones that refuse what is damaged, incremental chains,
-empty repositories, retention."""
+server): backups, checksums and trial clones that refuse what is damaged (restored clones
+checked object by object), incremental chains, empty repositories, retention; and the restore
+task over the embedded runtime, whose record names the bundle refused and the one used."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from indexing.bundles import (
-    BackupOutcome, create_bundle, delete_bundles, expired, list_bundles, restore_bundle,
+    BackupOutcome, create_bundle, delete_bundles, expired, list_bundles, list_restores, restore_bundle,
 )
 from indexing.errors import UsageError
 from indexing.git_source import GitMirror
@@ -44,6 +45,26 @@ def _head(clone: Path) -> str:
                           text=True, check=True, timeout=60).stdout.strip()
 
 
+def _contents(clone: Path) -> tuple[str, list[str]]:
+    """The branches and tags of a bare clone (name and commit) and every object their history
+    reaches, sorted: what a restored clone must have of the one bundled."""
+    def out(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(clone), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
+    refs = out("for-each-ref", "--format=%(refname) %(objectname)", "refs/heads", "refs/tags")
+    return refs, sorted(out("rev-list", "--objects", "--branches", "--tags").splitlines())
+
+
+def _assert_restored(clone: Path, bundled: tuple[str, list[str]]) -> None:
+    """``clone`` passes a full object check and holds exactly the refs and objects ``bundled``."""
+    fsck = subprocess.run(["git", "-C", str(clone), "fsck", "--full", "--strict", "--no-dangling"],
+                          capture_output=True, text=True, timeout=120)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    refs, objects = _contents(clone)
+    assert refs == bundled[0] and refs.strip()
+    assert objects == bundled[1]
+
+
 def test_backup_then_restore_and_unchanged(tmp_path: Path, store) -> None:
     history = make_history(tmp_path / "up", "lib", celery_files=10, kombu_files=10)
     mirror = _mirror(history, tmp_path / "owner" / "lib.git")
@@ -60,28 +81,38 @@ def test_backup_then_restore_and_unchanged(tmp_path: Path, store) -> None:
     assert _head(tmp_path / "new-owner" / "lib.git") == history.commits[-1]
 
 
+def _corrupt(store, key: str) -> None:
+    """Change one byte in the middle of the object at ``key`` (inside a bundle's pack, where
+    `git bundle verify` would not notice)."""
+    data = bytearray(store.get(key))
+    data[len(data) // 2] ^= 0xFF
+    store.put(key, bytes(data))
+
+
 def test_corrupt_and_tampered_bundles_are_refused_for_the_previous(tmp_path: Path, store) -> None:
     history = make_history(tmp_path / "up", "lib", celery_files=10, kombu_files=10)
     mirror = _mirror(history, tmp_path / "owner" / "lib.git")
     older = _backup(mirror, store, tmp_path).record
+    bundled = _contents(mirror.path)
     history.replay().__next__()
     mirror.fetch()
     newer = _backup(mirror, store, tmp_path).record
     assert [r.key for r in list_bundles(store, "lib")] == [older.key, newer.key]
-    data = bytearray(store.get(newer.key))
-    data[len(data) // 2] ^= 0xFF  # bytes changed inside the pack: `git bundle verify` would not notice
-    store.put(newer.key, bytes(data))
+    _corrupt(store, newer.key)
     dest = tmp_path / "new-owner" / "lib.git"
     result = restore_bundle(store, "lib", dest, tmp_path / "work2")
     assert result.record.key == older.key and _head(dest) == history.commits[0]
     assert result.refused[0][0] == newer.key and "checksum mismatch" in result.refused[0][1]
+    _assert_restored(dest, bundled)
     # the same damage with the record's checksum replaced too: only the trial clone can tell
     record = json.loads(store.get(newer.record_key))
     record["sha256"] = store.head(newer.key).sha256
     store.put(newer.record_key, json.dumps(record).encode())
     result = restore_bundle(store, "lib", tmp_path / "third" / "lib.git", tmp_path / "work3")
     assert result.record.key == older.key
+    assert [key for key, _ in result.refused] == [newer.key]
     assert "trial clone failed" in result.refused[0][1], result.refused
+    _assert_restored(tmp_path / "third" / "lib.git", bundled)
     store.delete(older.key)
     nothing = restore_bundle(store, "lib", tmp_path / "fourth" / "lib.git", tmp_path / "work4")
     assert nothing.record is None and len(nothing.refused) == 2 and not (tmp_path / "fourth" / "lib.git").exists()
@@ -101,18 +132,20 @@ def test_incremental_chain_restores_the_head(tmp_path: Path, store) -> None:
     result = restore_bundle(store, "lib", tmp_path / "new" / "lib.git", tmp_path / "work2")
     assert len(result.chain) == 3 and result.chain[0] == full.key
     assert _head(tmp_path / "new" / "lib.git") == history.commits[-1]
+    _assert_restored(tmp_path / "new" / "lib.git", _contents(mirror.path))
     # retention never removes a base that a kept incremental bundle needs
     assert expired(list_bundles(store, "lib"), keep=1, keep_days=0) == []
 
 
-def test_an_empty_repository_is_reported_and_nothing_uploaded(tmp_path: Path) -> None:
-    store = LocalObjectStore(tmp_path / "objects")
+def test_an_empty_repository_is_reported_and_nothing_uploaded(tmp_path: Path, store) -> None:
     bare = tmp_path / "empty.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True, timeout=60)
     result = create_bundle(bare, repo_id="empty", url=bare.as_uri(), branch="main", store=store,
                            work_dir=tmp_path / "work")
-    assert result.outcome is BackupOutcome.EMPTY and "no commit" in result.message
-    assert list(store.list("bundles/")) == []
+    assert result.outcome is BackupOutcome.EMPTY and result.record is None
+    assert result.message == "empty has no commit on main: nothing to back up (git cannot bundle it)"
+    assert list(store.list()) == [], "nothing at all uploaded, not even a temporary key"
+    assert list_bundles(store, "empty") == []
 
 
 def test_retention_keeps_the_newest_n_and_the_young(tmp_path: Path) -> None:
@@ -182,5 +215,47 @@ def test_beat_backs_up_what_moved_and_prunes_old_bundles(tmp_path: Path) -> None
         assert pruned["rule"] == "bundles" and len(pruned["removed"]) == 1 and pruned["error"] is None
         assert prune.apply().get()["results"][0]["removed"] == []  # a second pass removes nothing
         assert [r.head for r in list_bundles(store, "lib")] == history.commits[-1:]
+    finally:
+        runtime.reset()
+
+
+def test_the_restore_task_records_the_refused_bundle_and_the_one_used(tmp_path: Path, s3_server, s3_store) -> None:
+    """``codeindex restore``'s task over the embedded runtime, its bundles in S3: the newest
+    bundle's bytes changed, the restore uses the one before, the clone is that bundle's, and the
+    ``backups`` record names both."""
+    from config.settings import configure
+    from tasks.backup import send_backup, send_restore
+    from tasks.sync import add_repository
+    from workers import runtime
+    from workers.app import apply_settings
+    from workers.backups import clone_path, describe_backups
+
+    history = make_history(tmp_path / "up", "lib", celery_files=5, kombu_files=5)
+    settings = configure(home=tmp_path / "home", embedder="hashing",
+                         object_store_uri=f"s3://{s3_store.bucket}/{s3_store.prefix.strip('/')}",
+                         s3_endpoint_url=s3_server.url, s3_region=s3_server.region,
+                         s3_access_key_id=s3_server.access_key, s3_secret_access_key=s3_server.secret_key)
+    runtime.reset()
+    apply_settings(settings)
+    try:
+        assert add_repository("lib", "codeindex", url=history.url, branch="main")[2].get()["errors"] == 0
+        older = send_backup("lib").get()["bundle"]
+        clone = clone_path(runtime.runtime(), "lib")
+        bundled = _contents(clone)
+        next(history.replay())
+        assert add_repository("lib", "codeindex", url=history.url, branch="main")[2].get()["errors"] == 0
+        newer = send_backup("lib").get()["bundle"]
+        assert [r.key for r in list_bundles(s3_store, "lib")] == [older["key"], newer["key"]]
+        _corrupt(s3_store, newer["key"])
+
+        done = send_restore("lib").get()
+        assert done["source"] == "bundle" and done["bundle"] == older["key"] and done["head"] == history.commits[0]
+        assert [r["bundle"] for r in done["refused"]] == [newer["key"]]
+        assert done["refused"][0]["reason"].startswith(f"checksum mismatch: {newer['key']} has sha256 ")
+        _assert_restored(clone, bundled)
+        (recorded,) = describe_backups(runtime.runtime(), "lib")["restores"]
+        assert recorded["bundle"] == older["key"] and recorded["refused"] == done["refused"]
+        assert recorded["reason"] == "requested" and recorded["shard_id"] == runtime.runtime().shard_id
+        assert list_restores(s3_store, "lib") == [recorded]
     finally:
         runtime.reset()
