@@ -26,6 +26,12 @@ _MISSING = ("the default embedding model is not installed: pip install 'codeinde
 #: 2.5-4x torch's time per text on 2 busy cores (0.2-0.7 s against 0.16), so up to here it
 #: stays under torch's import (2.3 s warm, 7 s cold).
 NUMPY_MAX_TEXTS = 16
+#: A numpy forward pass over at most this many tokens (a search query, a commit's few chunks)
+#: runs its matrix products on one BLAS thread. Their matrices are so small that a second
+#: thread only adds synchronisation, and on a loaded machine OpenBLAS's spinning threads made
+#: one query's embedding take 163 ms at the median instead of 28 ms (2 cores, load average 6;
+#: bench/search.py measures the end-to-end query latency).
+SINGLE_THREAD_TOKENS = 2048
 
 
 def _has_torch() -> bool:
@@ -162,7 +168,11 @@ class MiniLMEncoder:
                 n = len(encodings[i].ids)
                 ids[r, :n] = encodings[i].ids
                 mask[r, :n] = 1.0
-            out[rows] = forward(ids, mask)
+            if runtime == "numpy" and ids.size <= SINGLE_THREAD_TOKENS:
+                with _blas().limit(limits=1, user_api="blas"):
+                    out[rows] = forward(ids, mask)
+            else:
+                out[rows] = forward(ids, mask)
         return out
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -231,6 +241,20 @@ class MiniLMEncoder:
                 x = F.layer_norm(output, (hidden,), w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"],
                                  self.eps)
             return _pool(x.reshape(batch, length, hidden).numpy(), mask)
+
+
+_controller = None
+
+
+def _blas():
+    """threadpoolctl's controller of the BLAS libraries numpy loaded (made once: looking them up
+    costs about 20 ms; limiting through it a few microseconds)."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController  # lazy: only a model's numpy runtime needs it
+
+        _controller = ThreadpoolController()
+    return _controller
 
 
 def _pool(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
