@@ -44,7 +44,7 @@ from indexing.git_source import GitCredentials, GitMirror, GitTree, redact, repo
 from indexing.ids import sha256_hex
 from indexing.messages import BatchJob, ContentStrategy, FileContent, PlannedFile
 from indexing.objects import ObjectStore
-from indexing.paths import is_linked
+from indexing.paths import is_linked, tree_size
 from indexing.scanner import read_file
 from indexing.tree import SourceTree
 
@@ -430,7 +430,7 @@ class CloneCache:
         clones = []
         for entry in self.root.glob("*.git") if self.root.is_dir() else ():
             try:
-                clones.append((entry.stat().st_mtime, _tree_size(entry), entry))
+                clones.append((entry.stat().st_mtime, tree_size(entry), entry))
             except OSError:
                 continue  # removed by another process meanwhile
         total = sum(size for _, size, _ in clones)
@@ -465,17 +465,6 @@ class CloneCache:
             trees, self._trees = list(self._trees.values()), OrderedDict()
         for tree in trees:
             tree.close()
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for folder, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 class _Retry(Exception):

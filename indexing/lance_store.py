@@ -15,7 +15,6 @@ see the latest version (``read_consistency_interval=0``).
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ import numpy as np
 
 from indexing.errors import LockTimeoutError, StoreError
 from indexing.lexical import document_terms
+from indexing.paths import tree_size
 from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, glob_to_like
 from indexing.store import Compaction
 
@@ -460,15 +460,7 @@ class LanceDBStore:
         """Bytes under the table's directory (data, versions, indexes); None on an object store."""
         if "://" in self.uri and not self.uri.startswith("file://"):
             return None
-        root = Path(self.uri.removeprefix("file://")) / f"{self.collection}.lance"
-        total = 0
-        for folder, _, names in os.walk(root):
-            for name in names:
-                try:
-                    total += os.lstat(os.path.join(folder, name)).st_size
-                except OSError:
-                    pass
-        return total
+        return tree_size(Path(self.uri.removeprefix("file://")) / f"{self.collection}.lance")
 
     def drop(self) -> None:
         try:

@@ -127,3 +127,16 @@ def _issue(exc: OSError) -> FileIssue:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return FileIssue("permission denied", transient=True)
     return FileIssue(f"unreadable: {exc.strerror or exc}", transient=True)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed; a file that vanishes while it is
+    walked counts nothing): a cache's or a table's size on disk."""
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
