@@ -10,6 +10,7 @@ and store on the repository's owner, under its lock and a new fencing token.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import tempfile
@@ -282,6 +283,15 @@ def _install_embedded(rt: Runtime, snap: Snapshot, root: Path | None, force: boo
         SQLiteEmbeddingCache(home / "embeddings.sqlite").put_many(snap.collection.embedding_model, snap.embeddings)
 
 
+def _sidecar_checksum(side: Path) -> str:
+    """The hex SHA-256 a ``FILE.sha256`` holds (``sha256sum``'s format: the digest first).
+    ArtifactError when it holds none."""
+    words = side.read_text(errors="replace").split()
+    if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+        raise ArtifactError(f"{side} holds no SHA-256 (sha256sum's format: the hex digest, then the name)")
+    return words[0]
+
+
 def verify_artifact(rt: Runtime, ref: str) -> dict:
     """Check an artifact without installing it: ``ref`` a file (its SHA-256 from ``FILE.sha256``
     when present) or an id in the store (and its chain). Returns the metadata and the checks
@@ -290,7 +300,7 @@ def verify_artifact(rt: Runtime, ref: str) -> dict:
         path = Path(ref)
         if path.is_file():
             side = path.with_name(path.name + ".sha256")
-            expected = side.read_text().split()[0] if side.is_file() else None
+            expected = _sidecar_checksum(side) if side.is_file() else None
             meta, members = check_archive(rt, path, expected, Path(tmp) / "members")
             check_fits(rt, meta)
             snap = read_snapshot(members, meta)

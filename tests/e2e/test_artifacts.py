@@ -184,6 +184,10 @@ def test_refused_artifacts_leave_the_local_index_byte_for_byte_unchanged(install
             verify = art(b, store, "verify", artifact_id)
             assert verify.returncode == code and message in verify.stderr.decode(), name
     assert not Path("/tmp/codeindex-absolute-x").exists()
+    listed = sorted(p.name for p in (store / "artifacts").iterdir())
+    too_big = art(b, store, "push", env={"CODEINDEX_ARTIFACT_MAX_BYTES": "4096"})
+    assert too_big.returncode == 2 and "above the limit of 4096 bytes" in too_big.stderr.decode()
+    assert sorted(p.name for p in (store / "artifacts").iterdir()) == listed  # nothing uploaded
     assert not any(p.name == "x" for p in tmp_path.rglob("x"))
     assert art(b, store, "verify", record["id"]).returncode == 0
 
@@ -334,3 +338,21 @@ def test_codeindex_cleanup_applies_artifact_retention_once(tmp_path: Path) -> No
     assert set(cleanup()["results"][0]["removed"]) == expired
     assert {r.id for r in store.list()} == kept
     assert cleanup()["results"][0]["removed"] == []
+
+
+def test_verify_a_file_with_its_sha256_sidecar(installed, tmp_path: Path) -> None:
+    """``artifact verify FILE`` as CI runs it on a downloaded archive: the checksum from
+    ``FILE.sha256`` (sha256sum's format) when present, and a sidecar without one is an error."""
+    _, b, store, record = installed
+    archive = tmp_path / "downloaded.tar.zst"
+    archive.write_bytes((store / record["key"]).read_bytes())
+    side = tmp_path / "downloaded.tar.zst.sha256"
+    side.write_text("")
+    empty = art(b, store, "verify", str(archive))
+    assert empty.returncode == 2 and "holds no SHA-256" in empty.stderr.decode()
+    side.write_text(f"{'0' * 64}  downloaded.tar.zst\n")
+    wrong = art(b, store, "verify", str(archive))
+    assert wrong.returncode == 2 and "checksum mismatch" in wrong.stderr.decode()
+    side.write_text(f"{record['sha256']}  downloaded.tar.zst\n")
+    good = art(b, store, "verify", str(archive), "--json")
+    assert good.returncode == 0 and "sha256" in json.loads(out(good))["checks"]
