@@ -2,7 +2,7 @@
 """Search quality and latency of ``codeindex search``, against the usual splitter.
 
     .venv/bin/python bench/search.py [--repos click,kombu] [--skip-baseline] [--latency-chunks 50000]
-                                     [--max-queries N] [--embedder minilm|hashing]
+                                     [--max-queries N] [--embedder minilm|hashing] [--name-vectors 0.3]
 
 Quality (CodeSearchNet's construction, Husain et al. 2019): for every function with a docstring
 in the measured sources, the query is the docstring's first sentence; the indexed copy of the
@@ -18,6 +18,11 @@ the queries) of each mode's MRR@10 minus the baseline's.
 Repositories: ``click`` (cloned from ../shared/data/click.bundle, queries from ``src/click/``;
 skipped with a note when the bundle is absent), ``kombu`` and ``codeindex`` (an installed
 package's sources / this project's ``indexing/``, copied into a fresh git repository).
+
+``--name-vectors WEIGHT`` adds a bench-only row, ``names`` (no product mode): each definition in a
+chunk also gets a short embedded text, its name split into words after its enclosing class's
+(``context: get current context``), and a chunk scores cosine + WEIGHT * its best name cosine
+(exhaustive, numpy, over the CLI index's vectors); 0.3 was tuned on a random half of click's queries.
 
 Latency: an index of at least ``--latency-chunks`` chunks of real code (site-packages sources,
 chunked by the product's chunker, upserted through ``LanceDBStore`` with feature-hashing vectors
@@ -36,6 +41,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -56,6 +62,7 @@ from indexing.embedders import make_embedder  # noqa: E402
 from indexing.ids import object_id, sha256_hex  # noqa: E402
 from indexing.lance_store import LanceDBStore  # noqa: E402
 from indexing.languages import language_of  # noqa: E402
+from indexing.lexical import _PART  # noqa: E402
 from indexing.search import SearchMode, search  # noqa: E402
 from indexing.store import VectorObject  # noqa: E402
 
@@ -239,12 +246,12 @@ def index_with_cli(tree: Path, home: Path, embedder: str, cache: Path | None) ->
     return seconds
 
 
-def _embed_cached(embedder, texts: list[str], cache: Path | None) -> np.ndarray:
-    """``embedder.embed(texts)``, reusing ``cache/baseline.npz`` (vectors by SHA-256 of the text)."""
+def _embed_cached(embedder, texts: list[str], cache: Path | None, kind: str = "baseline") -> np.ndarray:
+    """``embedder.embed(texts)``, reusing ``cache/<kind>-<model>.npz`` (vectors by SHA-256 of the text)."""
     if cache is None:
         return embedder.embed(texts)
     keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    store = cache / f"baseline-{embedder.model_id.replace('/', '_')}.npz"
+    store = cache / f"{kind}-{embedder.model_id.replace('/', '_')}.npz"
     known: dict[str, np.ndarray] = {}
     if store.exists():
         data = np.load(store)
@@ -278,8 +285,60 @@ def baseline(tree: Path, paths: list[str], queries: list[Query], embedder,
     return [[spans[i] for i in row] for row in top]
 
 
+_DEF_NAME = re.compile(r"^\s*(?:async\s+)?(?:def|class|function|fn|func)\s+([A-Za-z_]\w*)")
+
+
+def _words(identifier: str) -> str:
+    """``get_current_context`` -> ``get current context``; ``HTTPServer`` -> ``http server``."""
+    return " ".join(p.lower() for p in _PART.findall(identifier))
+
+
+def _enclosing_class(lines: list[str], at: int) -> str | None:
+    """The class whose body holds line ``at`` (0-based), by indentation."""
+    indent = len(lines[at]) - len(lines[at].lstrip())
+    for i in range(at - 1, -1, -1):
+        if not lines[i].strip():
+            continue
+        here = len(lines[i]) - len(lines[i].lstrip())
+        if here < indent:
+            if lines[i].lstrip().startswith("class ") and (m := _DEF_NAME.match(lines[i])):
+                return m.group(1)
+            if here == 0:
+                return None
+            indent = here
+    return None
+
+
+def name_vectors(tree: Path, store: LanceDBStore, queries: list[Query], embedder, cache: Path | None,
+                 weight: float) -> list[list[tuple[str, int, int]]]:
+    """Bench-only variant of ``vector`` (not in the product): besides each chunk's vector, one short
+    text per definition the chunk holds, its name split into words after its enclosing class's
+    (``Context.get_current_context`` -> ``context: get current context``), embedded alone; a chunk
+    scores cosine(query, chunk) + ``weight`` * the best cosine(query, name). Exhaustive (numpy)."""
+    rows = list(store.export(with_vectors=True))
+    owners, texts = [], []
+    files: dict[str, list[str]] = {}
+    for n, row in enumerate(rows):
+        lines = files.setdefault(row["path"], (tree / row["path"]).read_text(encoding="utf-8").split("\n"))
+        for i in range(row["start_line"] - 1, row["end_line"]):
+            if (m := _DEF_NAME.match(lines[i])):
+                cls = _enclosing_class(lines, i)
+                owners.append(n)
+                texts.append((f"{_words(cls)}: " if cls else "") + _words(m.group(1)))
+    log(f"name vectors: {len(texts)} definitions in {len(rows)} chunks")
+    q = embedder.embed([x.text for x in queries])
+    scores = q @ np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows]).T
+    best = np.zeros_like(scores)
+    if texts:
+        names = q @ _embed_cached(embedder, texts, cache, "names").T
+        for j, n in enumerate(owners):
+            np.maximum(best[:, n], names[:, j], out=best[:, n])
+    top = np.argsort(-(scores + weight * best), axis=1)[:, :K]
+    return [[(rows[i]["path"], rows[i]["start_line"], rows[i]["end_line"]) for i in row] for row in top]
+
+
 def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_queries: int | None,
-            cache_root: Path | None) -> dict | None:
+            cache_root: Path | None, name_weight: float | None = None) -> dict | None:
     found = source_of(name, work)
     if found is None:
         log(f"{name}: not on this machine, skipped")
@@ -301,11 +360,15 @@ def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_
         rrs[mode.value] = reciprocal_ranks(queries, [[(h.hit.path, h.hit.start_line, h.hit.end_line) for h in a]
                                                      for a in answers])
         result["modes"][mode.value] = figures(rrs[mode.value])
+    if name_weight is not None:
+        rrs["names"] = reciprocal_ranks(queries, name_vectors(tree, store, queries, embedder, cache, name_weight))
+        result["modes"]["names"] = figures(rrs["names"])
+        result["names_vs_vector"] = paired_bootstrap(rrs["names"], rrs["vector"])
     if not skip_baseline:
         paths = sorted({row["path"] for row in store.export()})
         rrs["baseline"] = reciprocal_ranks(queries, baseline(tree, paths, queries, embedder, cache))
         result["modes"]["baseline"] = figures(rrs["baseline"])
-        result["vs_baseline"] = {m.value: paired_bootstrap(rrs[m.value], rrs["baseline"]) for m in SearchMode}
+        result["vs_baseline"] = {m: paired_bootstrap(rrs[m], rrs["baseline"]) for m in rrs if m != "baseline"}
     result["hybrid_vs_vector"] = paired_bootstrap(rrs["hybrid"], rrs["vector"])
     result["hybrid_vs_lexical"] = paired_bootstrap(rrs["hybrid"], rrs["lexical"])
     return result
@@ -398,6 +461,9 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="sample this many queries per repository")
     parser.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--name-vectors", type=float, default=None, metavar="WEIGHT",
+                        help="also measure the bench-only 'names' variant: cosine + WEIGHT * the best "
+                             "cosine of a definition's name in words (0.3 tuned on half of click's queries)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep embeddings here between runs (per repository: the sync's cache, the baseline's)")
     args = parser.parse_args()
@@ -406,7 +472,8 @@ def main() -> None:
     try:
         latency_queries: list[str] = []
         for name in filter(None, args.repos.split(",")):
-            found = quality(name, work, args.embedder, args.skip_baseline, args.max_queries, args.cache)
+            found = quality(name, work, args.embedder, args.skip_baseline, args.max_queries, args.cache,
+                            args.name_vectors)
             if found is None:
                 continue
             results["repos"].append(found)
@@ -419,6 +486,8 @@ def main() -> None:
             hv, hl = found["hybrid_vs_vector"], found["hybrid_vs_lexical"]
             print(f"  hybrid - vector {hv[0]:+.3f} [{hv[1]:+.3f}, {hv[2]:+.3f}]; "
                   f"hybrid - lexical {hl[0]:+.3f} [{hl[1]:+.3f}, {hl[2]:+.3f}]")
+            if (nv := found.get("names_vs_vector")) is not None:
+                print(f"  names - vector {nv[0]:+.3f} [{nv[1]:+.3f}, {nv[2]:+.3f}]")
         if args.latency_chunks:
             for p in sorted((ROOT / "indexing").glob("*.py")):
                 tree = ast.parse(p.read_text(encoding="utf-8"))
