@@ -59,6 +59,7 @@ def install_snapshot(snap: Snapshot, state: StateStore, store: VectorStore, *, r
         store.upsert(objects[start:start + _UPSERT_BATCH])
     stale = [c.id for c in store.inventory(snap.repo_id) if c.id not in snap.objects]
     store.delete(stale, fence)
+    store.settle()
     gone = sorted(set(state.indexed_paths(snap.repo_id)) - set(snap.files))
     state.commit_files(snap.repo_id, fence, [replace(f, fence=fence) for f in snap.files.values()], gone,
                        snap.commit, snap.filter_fingerprint)

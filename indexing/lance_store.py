@@ -45,6 +45,15 @@ TERMS = "terms"
 #: (exact, slower: LanceDB docs, "Full-text search": unindexed rows are searched by a flat scan,
 #: about 70 us a row here: 2,126 unindexed rows made a lexical query 150 ms, indexed 15 ms).
 FTS_REFRESH_ROWS = 1000
+#: A write folds its unindexed rows into the full-text index only once they are also at least
+#: this fraction of the indexed rows; :meth:`LanceDBStore.settle` (the end of a sync) folds any
+#: :data:`FTS_REFRESH_ROWS` left. ``Table.optimize`` compacts every fragment under LanceDB's
+#: target size (here: the whole table) and merges the index, so its time and its transient memory
+#: grow with the table: refreshed on every write, as a sync's batches of about 1,600 rows each
+#: did, a sync of n rows rewrote O(n^2) bytes (10,000 files, 314,000 rows: 8.6 GB of versions on
+#: disk, peak memory 3.8x a 1,000-file sync's); refreshed when the backlog doubles the indexed
+#: rows, O(n) (docs/performance.md, D).
+FTS_REFRESH_FRACTION = 1.0
 _HIT_COLUMNS = list(SearchHit.__slots__[:-1])
 
 
@@ -73,6 +82,36 @@ def _in_lists(values: Sequence[str]) -> Iterator[str]:
 def _quote(value: str) -> str:
     """A SQL string literal for a Lance filter (single quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _release_native_memory() -> None:
+    """Give the memory that LanceDB's native threads freed back to the system (glibc's
+    ``malloc_trim``; nothing elsewhere). An ``optimize`` reads the whole table on Lance's many
+    threads, each allocating from its own malloc arena; glibc keeps what they free, so the
+    resident size of a long sync ratcheted up with each refresh (docs/performance.md, D)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_LIBC: list = []
+
+
+def _libc():
+    """glibc through ctypes, or None (another C library, or none found)."""
+    if not _LIBC:
+        found = None
+        if sys.platform.startswith("linux"):
+            import ctypes  # lazy: only where a store writes
+
+            try:
+                candidate = ctypes.CDLL("libc.so.6")
+                if hasattr(candidate, "malloc_trim") and hasattr(candidate, "mallopt"):
+                    found = candidate
+            except OSError:
+                pass
+        _LIBC.append(found)
+    return _LIBC[0]
 
 
 _NAMESPACE_CLIENT = "lance_namespace_urllib3_client"
@@ -264,13 +303,36 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot build the full-text index of {self.collection} in {self.uri}: {exc}") from exc
 
-    def _refresh_lexical(self, table) -> None:
+    def _refresh_lexical(self, table, fraction: float = FTS_REFRESH_FRACTION) -> None:
         """Fold rows written since the full-text index was built into it once there are
-        :data:`FTS_REFRESH_ROWS` of them (``Table.optimize``: compaction and index update; old
-        versions are kept for LanceDB's default 7 days, so readers of an older version go on)."""
+        :data:`FTS_REFRESH_ROWS` of them and at least ``fraction`` of the indexed rows
+        (``Table.optimize``: compaction and index update; old versions are kept for LanceDB's
+        default 7 days, so readers of an older version go on). Until then the unindexed rows are
+        searched exactly, by a flat scan; :meth:`settle` (``fraction`` 0) bounds that backlog to
+        :data:`FTS_REFRESH_ROWS` again after a sync."""
         index = self._fts_index(table)
-        if index is not None and table.index_stats(index.name).num_unindexed_rows >= FTS_REFRESH_ROWS:
+        if index is None:
+            return
+        stats = table.index_stats(index.name)
+        if stats.num_unindexed_rows >= max(FTS_REFRESH_ROWS, fraction * stats.num_indexed_rows):
             table.optimize()
+            _release_native_memory()
+
+    def settle(self) -> None:
+        """After a sync's writes: fold the rows still outside the full-text index into it once
+        there are :data:`FTS_REFRESH_ROWS` of them (what every write did before the writes of a
+        sync deferred it: :data:`FTS_REFRESH_FRACTION`). A no-op without a table."""
+        if self._open() is None:
+            return
+        try:
+            with self._writing() as table:
+                self._refresh_lexical(table, fraction=0.0)
+        except (StoreError, LockTimeoutError):
+            raise
+        except Exception as exc:
+            if self._forget_if_gone(exc):
+                return
+            raise StoreError(f"refresh of the full-text index of {self.collection} failed: {exc}") from exc
 
     def upsert(self, objects: Sequence[VectorObject]) -> int:
         if not objects:

@@ -144,6 +144,11 @@ class VectorStore(Protocol):
         """Delete the objects ``ids`` whose fence is at most ``fence``."""
         ...
 
+    def settle(self) -> None:
+        """Bring what the store derives from its objects (LanceDB: the full-text index) up to
+        date after a sync's writes, which may defer it; cheap when nothing is due."""
+        ...
+
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         """Return ``{path: [chunk_index, ...]}`` of the objects stored for those of ``paths`` in ``repo``.
 

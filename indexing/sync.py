@@ -630,6 +630,8 @@ def commit_sync(job: CommitJob, results: list[FileResult], state: StateStore, st
                           for i in stored.get(entry.path, ()) if i >= keep]
         _count(summary, entry)
     store.delete(stale_ids, job.fence)
+    if touched:  # the batches may have deferred the full-text index's refresh (LanceDBStore.settle)
+        store.settle()
     advance = job.commit if job.advance_commit and summary.errors == 0 else None
     state.commit_files(job.repo_id, job.fence, upserts, deletes, advance, job.filter_fingerprint or None)
     summary.files = job.files

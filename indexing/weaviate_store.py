@@ -478,6 +478,9 @@ class WeaviateStore:
             fences.update((str(obj.uuid), int(obj.properties["fence"])) for obj in answer.objects)
         return fences
 
+    def settle(self) -> None:
+        """Nothing to bring up to date: Weaviate maintains its BM25 index on every write."""
+
     def delete(self, ids: Sequence[str], fence: int) -> None:
         """Delete the objects ``ids`` whose fence is at most ``fence``.
 
