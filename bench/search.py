@@ -417,6 +417,7 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> 
             pending = []
             log(f"latency index: {total} chunks")
     total += store.upsert(pending)
+    store.settle()  # as a sync's commit does: the full-text index then covers all but a few rows
     log(f"latency index: {total} chunks in {time.perf_counter() - started:.0f}s")
     embedder = make_embedder(embedder_kind)
     embedder.embed(["warm up"])
