@@ -39,7 +39,7 @@ def test_dry_run_lists_and_removes_nothing_then_cleanup_removes_it_once(repo: Pa
     assert dry.returncode == 0, dry.stderr.decode()
     lines = out(dry).splitlines()
     assert [line.split(":", 1)[0] for line in lines] == ["runs", "failures", "bundles", "downloads", "clones",
-                                                          "embeddings", "compaction"]
+                                                          "embeddings", "compaction", "artifacts"]
     embeddings = next(line for line in lines if line.startswith("embeddings: "))
     assert embeddings.startswith("embeddings: would remove ") and not embeddings.startswith("embeddings: would remove 0")
     assert cache_keys(repo) == keys and lance_files(repo) == files and out(run(repo, "export")) == export
