@@ -15,7 +15,7 @@ killed install left (a staging directory, a previous home not yet emptied).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import json
 import logging
 import os
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from indexing.artifacts import Snapshot
 from indexing.errors import StoreError
+from indexing.libc import libc
 from indexing.state import StateStore
 from indexing.store import VectorStore
 
@@ -86,14 +87,13 @@ def staging_dir(home: Path) -> Path:
 def _exchange(a: Path, b: Path) -> bool:
     """Swap the directories ``a`` and ``b`` atomically (``renameat2`` with ``RENAME_EXCHANGE``);
     False where the system has no such call (then the caller renames twice)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    call = getattr(libc, "renameat2", None)
+    call = getattr(libc(), "renameat2", None)
     if call is None:
         return False
     if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system cannot exchange
         return False
     raise StoreError(f"cannot switch {a} and {b}: {os.strerror(err)}")
 
@@ -105,7 +105,8 @@ def switch_home(home: Path, staged: Path) -> None:
         if not home.exists():
             os.rename(staged, home)
         else:
-            (home / ".gitignore").exists() or (home / ".gitignore").write_text("*\n")
+            if not (home / ".gitignore").exists():
+                (home / ".gitignore").write_text("*\n")
             if not _exchange(staged, home):
                 aside = _sibling(home, "previous", secrets.token_hex(6))
                 os.rename(home, aside)  # recover() puts it back if we die before the next line

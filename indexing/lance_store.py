@@ -29,6 +29,7 @@ import numpy as np
 
 from indexing.errors import LockTimeoutError, StoreError
 from indexing.lexical import document_terms
+from indexing.libc import libc
 from indexing.paths import tree_size
 from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, glob_to_like
 from indexing.store import Compaction
@@ -89,29 +90,9 @@ def _release_native_memory() -> None:
     ``malloc_trim``; nothing elsewhere). An ``optimize`` reads the whole table on Lance's many
     threads, each allocating from its own malloc arena; glibc keeps what they free, so the
     resident size of a long sync ratcheted up with each refresh (docs/performance.md, D)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-_LIBC: list = []
-
-
-def _libc():
-    """glibc through ctypes, or None (another C library, or none found)."""
-    if not _LIBC:
-        found = None
-        if sys.platform.startswith("linux"):
-            import ctypes  # lazy: only where a store writes
-
-            try:
-                candidate = ctypes.CDLL("libc.so.6")
-                if hasattr(candidate, "malloc_trim") and hasattr(candidate, "mallopt"):
-                    found = candidate
-            except OSError:
-                pass
-        _LIBC.append(found)
-    return _LIBC[0]
+    c = libc()
+    if c is not None and hasattr(c, "malloc_trim"):
+        c.malloc_trim(0)
 
 
 _NAMESPACE_CLIENT = "lance_namespace_urllib3_client"

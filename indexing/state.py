@@ -318,7 +318,7 @@ CREATE TABLE IF NOT EXISTS failures (
 """
 
 
-def _parts(values: Sequence, size: int = 500) -> Iterator[Sequence]:
+def _parts(values: Sequence, size: int = _SQL_BATCH) -> Iterator[Sequence]:
     """``values`` in slices of at most ``size`` (SQLite's limit on bound parameters)."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -458,9 +458,7 @@ class SQLiteStateStore:
 
     def file_states(self, repo_id: str, paths: Sequence[str]) -> dict[str, FileState]:
         out: dict[str, FileState] = {}
-        unique = list(dict.fromkeys(paths))
-        for start in range(0, len(unique), _SQL_BATCH):
-            part = unique[start : start + _SQL_BATCH]
+        for part in _parts(list(dict.fromkeys(paths))):
             rows = self._query(
                 f"SELECT {FILE_COLUMNS} FROM files "
                 f"WHERE repo_id = ? AND path IN ({','.join('?' * len(part))})", [repo_id, *part])

@@ -105,12 +105,13 @@ def push_artifact(rt: Runtime, repo_id: str, *, branch: str, as_delta: bool = Fa
                 raise UsageError(f"no artifact of {repo_id} on {branch} to base a delta on: push a full one first")
             base_snap, _ = materialize(rt, store, base, Path(tmp))
             body = delta(base_snap, snap)
+        created = datetime.now(timezone.utc)
         meta = ArtifactMeta(
-            id=artifact_id(datetime.now(timezone.utc), repo_id, branch, snap.commit),
+            id=artifact_id(created, repo_id, branch, snap.commit),
             kind="delta" if base else "full", base=base.id if base else None, repo=repo_id, branch=branch,
             commit=snap.commit, collection=s.collection, embedding_model=snap.collection.embedding_model,
             model_dimension=snap.collection.dimension, distance_metric=snap.collection.distance,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), index_stats=snap.stats(),
+            created_at=created.isoformat(timespec="seconds"), index_stats=snap.stats(),
             with_embeddings=with_embeddings)
         archive = Path(tmp) / "artifact"
         sha256 = write_archive(members_of(meta, body), archive, compression=s.artifact_compression,
