@@ -91,7 +91,14 @@ class DependencyUnavailableError(StoreError):
     """A dependency's circuit breaker is open: calls to it fail fast until it is tried again.
 
     A :class:`StoreError`, so that tasks which retry on store failures retry later.
+    ``retry_after`` is the number of seconds until the breaker lets a trial call through
+    (None when unknown): a retry sooner than that fails fast again and only spends the task's
+    retry budget, so ``workers.app.CodeindexTask`` waits at least that long.
     """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ObjectNotFoundError(StoreError):

@@ -9,6 +9,7 @@ Sentry's ``instrumented_task`` does.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 
@@ -30,6 +31,9 @@ RETRIED = (StoreError, LockTimeoutError)
 app = Celery("codeindex", include=["tasks.sync", "tasks.embed", "tasks.shards", "tasks.cleanup", "tasks.backup",
                                     "tasks.artifact"])
 app.conf.update(celery_config(get_settings()))
+
+#: Seconds of jitter added to a retry that waits for an open circuit breaker's reset timeout.
+BREAKER_RETRY_SPREAD = 2.0
 
 #: The message header holding the Unix time a task message was published, which
 #: ``workers.broker.oldest_message_ages`` reads: Celery's protocol 2 headers carry no time
@@ -63,6 +67,19 @@ class CodeindexTask(Task):
         self.max_retries = policy.max_retries
         self.time_limit, self.soft_time_limit = policy.time_limit, policy.soft_time_limit
         self.acks_late = self.reject_on_worker_lost = policy.acks_late
+
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
+              **options):
+        """Celery's ``Task.retry``, waiting at least until an open circuit breaker lets a trial
+        call through when ``exc`` says when that is (``DependencyUnavailableError.retry_after``,
+        seconds), plus up to :data:`BREAKER_RETRY_SPREAD` seconds of jitter so that the tasks a
+        breaker held back do not all come back at the same instant. The exponential backoff
+        alone can retry before the reset timeout: the retry fails fast against the open breaker
+        and spends the budget (``max_retries``) without the dependency ever being tried."""
+        wait = getattr(exc, "retry_after", None)
+        if wait is not None and eta is None:
+            countdown = max(countdown or 0.0, wait + random.uniform(0.0, BREAKER_RETRY_SPREAD))
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def on_replace(self, sig):
         """Run the replacing signature; in eager mode its results already exist when read,

@@ -104,6 +104,7 @@ def _translated(cb: pybreaker.CircuitBreaker, items: Iterator) -> Iterator:
 def unavailable(cb: pybreaker.CircuitBreaker) -> DependencyUnavailableError:
     """The error for the open breaker ``cb``, saying when its dependency will be tried again."""
     opened_at = cb._state_storage.opened_at  # pybreaker keeps no public accessor for it
+    wait: float | None = None
     if opened_at is None:
         when = "shortly"
     else:
@@ -112,7 +113,8 @@ def unavailable(cb: pybreaker.CircuitBreaker) -> DependencyUnavailableError:
         when = f"at {retry_at:%H:%M:%S} UTC (in {wait:.0f}s)"
     return DependencyUnavailableError(
         f"dependency {cb.name} is unavailable: its circuit breaker is open after repeated "
-        f"failures; it will be tried again {when}, and the task retries later"
+        f"failures; it will be tried again {when}, and the task retries later",
+        retry_after=wait,
     )
 
 

@@ -113,3 +113,50 @@ def test_the_runtime_uses_a_closed_breaker_while_redis_is_down_and_redis_again_a
     finally:
         configure()
         runtime.reset()
+
+
+
+def test_a_task_held_back_by_an_open_breaker_retries_after_its_reset_timeout(redis_url: str, tmp_path) -> None:
+    """A task that meets an open breaker publishes its retry, on a real Redis broker, with an
+    ETA no sooner than the breaker's reset timeout: Celery's exponential backoff alone (0-2 s
+    with full jitter on a first retry) brought it back while the breaker still failed it fast,
+    spending its retries without the store ever being tried (the fleet's replay after an
+    outage failed that way)."""
+    import json
+    from datetime import datetime
+
+    import redis
+    from celery.exceptions import Retry
+
+    from config.kinds import TaskKind
+    from config.settings import configure
+    from workers import runtime
+    from workers.app import apply_settings, codeindex_task
+
+    settings = configure(home=tmp_path / "home", embedder="hashing", broker_url=redis_url)
+    runtime.reset()
+    apply_settings(settings)
+    try:
+        cb = make_breaker(Dependency.VECTOR_STORE, redis_client(redis_url), fail_max=1, reset_timeout=20)
+        with pytest.raises((ConnectionError, DependencyUnavailableError)):
+            call_through(cb, _fail, ConnectionError("store down"))
+
+        @codeindex_task("codeindex.test.held_back", kind=TaskKind.EMBED)
+        def held_back(self) -> None:
+            call_through(cb, _fail, ConnectionError("not called: the breaker is open"))
+
+        held_back.push_request(id="held-back", args=[], kwargs={}, retries=0, is_eager=False,
+                               called_directly=False, delivery_info={"exchange": "", "routing_key": "retry-check"})
+        try:
+            with pytest.raises(Retry):
+                held_back.run()  # the autoretry wrapper around the body, as a worker calls it
+        finally:
+            held_back.pop_request()
+        published = time.time()
+        message = json.loads(redis.Redis.from_url(redis_url, socket_timeout=5).lpop("retry-check"))
+        assert message["headers"]["task"] == "codeindex.test.held_back" and message["headers"]["retries"] == 1
+        eta = datetime.fromisoformat(message["headers"]["eta"]).timestamp()
+        assert published + 17 < eta <= published + 20 + 2.5
+    finally:
+        runtime.reset()
+        apply_settings(configure(home=tmp_path / "home", embedder="hashing"))
