@@ -256,7 +256,7 @@ def create_app(settings: Settings) -> FastAPI:
         chosen = SearchMode(mode or settings.search_mode)
         hits = search_collection(runtime(), settings.collection, [q], k, chosen,
                                  SearchFilter(repo=repo, path=path, language=language),
-                                 settings.search_lexical_weight)[0]
+                                 settings.search_lexical_weight, settings.search_name_weight)[0]
         return [{**h.as_dict(), "mode": chosen.value} for h in hits]
 
     @app.get("/v1/shards", tags=["shards"], dependencies=[read])

@@ -2,7 +2,7 @@
 """Search quality and latency of ``codeindex search``, against the usual splitter.
 
     .venv/bin/python bench/search.py [--repos click,kombu] [--skip-baseline] [--latency-chunks 50000]
-                                     [--max-queries N] [--embedder minilm|hashing] [--name-vectors 0.3]
+                                     [--max-queries N] [--embedder minilm|hashing] [--name-weight 0.3]
 
 Quality (CodeSearchNet's construction, Husain et al. 2019): for every function with a docstring
 in the measured sources, the query is the docstring's first sentence; the indexed copy of the
@@ -19,10 +19,10 @@ Repositories: ``click`` (cloned from ../shared/data/click.bundle, queries from `
 skipped with a note when the bundle is absent), ``kombu`` and ``codeindex`` (an installed
 package's sources / this project's ``indexing/``, copied into a fresh git repository).
 
-``--name-vectors WEIGHT`` adds a bench-only row, ``names`` (no product mode): each definition in a
-chunk also gets a short embedded text, its name split into words after its enclosing class's
-(``context: get current context``), and a chunk scores cosine + WEIGHT * its best name cosine
-(exhaustive, numpy, over the CLI index's vectors); 0.3 was tuned on a random half of click's queries.
+Every mode searches as the product does, with the chunks' name vectors (indexing/names.py) at
+``--name-weight`` (default: the setting's default, CODEINDEX_SEARCH_NAME_WEIGHT); one more row,
+``vector-plain``, is the vector mode with name weight 0 (the chunk's vector alone), and the
+figures include each mode's interval against it.
 
 Latency: an index of at least ``--latency-chunks`` chunks of real code (site-packages sources,
 chunked by the product's chunker, upserted through ``LanceDBStore`` with feature-hashing vectors
@@ -60,9 +60,10 @@ sys.path.insert(0, str(ROOT))
 from indexing.chunking import chunk_text  # noqa: E402  (after the path set-up above)
 from indexing.embedders import make_embedder  # noqa: E402
 from indexing.ids import object_id, sha256_hex  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from indexing.lance_store import LanceDBStore  # noqa: E402
 from indexing.languages import language_of  # noqa: E402
-from indexing.lexical import _PART  # noqa: E402
+from indexing.names import names_text  # noqa: E402
 from indexing.search import SearchMode, search  # noqa: E402
 from indexing.store import VectorObject  # noqa: E402
 
@@ -285,60 +286,8 @@ def baseline(tree: Path, paths: list[str], queries: list[Query], embedder,
     return [[spans[i] for i in row] for row in top]
 
 
-_DEF_NAME = re.compile(r"^\s*(?:async\s+)?(?:def|class|function|fn|func)\s+([A-Za-z_]\w*)")
-
-
-def _words(identifier: str) -> str:
-    """``get_current_context`` -> ``get current context``; ``HTTPServer`` -> ``http server``."""
-    return " ".join(p.lower() for p in _PART.findall(identifier))
-
-
-def _enclosing_class(lines: list[str], at: int) -> str | None:
-    """The class whose body holds line ``at`` (0-based), by indentation."""
-    indent = len(lines[at]) - len(lines[at].lstrip())
-    for i in range(at - 1, -1, -1):
-        if not lines[i].strip():
-            continue
-        here = len(lines[i]) - len(lines[i].lstrip())
-        if here < indent:
-            if lines[i].lstrip().startswith("class ") and (m := _DEF_NAME.match(lines[i])):
-                return m.group(1)
-            if here == 0:
-                return None
-            indent = here
-    return None
-
-
-def name_vectors(tree: Path, store: LanceDBStore, queries: list[Query], embedder, cache: Path | None,
-                 weight: float) -> list[list[tuple[str, int, int]]]:
-    """Bench-only variant of ``vector`` (not in the product): besides each chunk's vector, one short
-    text per definition the chunk holds, its name split into words after its enclosing class's
-    (``Context.get_current_context`` -> ``context: get current context``), embedded alone; a chunk
-    scores cosine(query, chunk) + ``weight`` * the best cosine(query, name). Exhaustive (numpy)."""
-    rows = list(store.export(with_vectors=True))
-    owners, texts = [], []
-    files: dict[str, list[str]] = {}
-    for n, row in enumerate(rows):
-        lines = files.setdefault(row["path"], (tree / row["path"]).read_text(encoding="utf-8").split("\n"))
-        for i in range(row["start_line"] - 1, row["end_line"]):
-            if (m := _DEF_NAME.match(lines[i])):
-                cls = _enclosing_class(lines, i)
-                owners.append(n)
-                texts.append((f"{_words(cls)}: " if cls else "") + _words(m.group(1)))
-    log(f"name vectors: {len(texts)} definitions in {len(rows)} chunks")
-    q = embedder.embed([x.text for x in queries])
-    scores = q @ np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows]).T
-    best = np.zeros_like(scores)
-    if texts:
-        names = q @ _embed_cached(embedder, texts, cache, "names").T
-        for j, n in enumerate(owners):
-            np.maximum(best[:, n], names[:, j], out=best[:, n])
-    top = np.argsort(-(scores + weight * best), axis=1)[:, :K]
-    return [[(rows[i]["path"], rows[i]["start_line"], rows[i]["end_line"]) for i in row] for row in top]
-
-
 def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_queries: int | None,
-            cache_root: Path | None, name_weight: float | None = None) -> dict | None:
+            cache_root: Path | None, name_weight: float) -> dict | None:
     found = source_of(name, work)
     if found is None:
         log(f"{name}: not on this machine, skipped")
@@ -355,15 +304,19 @@ def quality(name: str, work: Path, embedder_kind: str, skip_baseline: bool, max_
     embedder = make_embedder(embedder_kind)
     result: dict = {"repo": name, "queries": len(queries), "chunks": chunks, "modes": {}}
     rrs = {}
-    for mode in SearchMode:
-        answers = search(store, embedder, [q.text for q in queries], K, mode)
-        rrs[mode.value] = reciprocal_ranks(queries, [[(h.hit.path, h.hit.start_line, h.hit.end_line) for h in a]
-                                                     for a in answers])
-        result["modes"][mode.value] = figures(rrs[mode.value])
-    if name_weight is not None:
-        rrs["names"] = reciprocal_ranks(queries, name_vectors(tree, store, queries, embedder, cache, name_weight))
-        result["modes"]["names"] = figures(rrs["names"])
-        result["names_vs_vector"] = paired_bootstrap(rrs["names"], rrs["vector"])
+    runs = [(mode.value, mode, name_weight) for mode in SearchMode] + [("vector-plain", SearchMode.VECTOR, 0.0)]
+    for label, mode, weight in runs:
+        answers = search(store, embedder, [q.text for q in queries], K, mode, name_weight=weight)
+        rrs[label] = reciprocal_ranks(queries, [[(h.hit.path, h.hit.start_line, h.hit.end_line) for h in a]
+                                                for a in answers])
+        result["modes"][label] = figures(rrs[label])
+    result["vs_plain"] = {m: paired_bootstrap(rrs[m], rrs["vector-plain"]) for m in rrs if m != "vector-plain"}
+    # The name weight was chosen on a random half of click's queries: each mode's MRR@10 on the
+    # two halves of a fixed random split (seed 0), so that a figure on queries no choice saw is there.
+    half = np.random.default_rng(0).permutation(len(queries))[: len(queries) // 2]
+    mask = np.zeros(len(queries), dtype=bool)
+    mask[half] = True
+    result["halves"] = {m: [round(float(r[mask].mean()), 3), round(float(r[~mask].mean()), 3)] for m, r in rrs.items()}
     if not skip_baseline:
         paths = sorted({row["path"] for row in store.export()})
         rrs["baseline"] = reciprocal_ranks(queries, baseline(tree, paths, queries, embedder, cache))
@@ -386,7 +339,7 @@ class _Precomputed:
         return np.stack([self.vectors[t] for t in texts])
 
 
-def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> dict:
+def latency(work: Path, target: int, queries: list[str], embedder_kind: str, name_weight: float) -> dict:
     hashing = make_embedder("hashing")
     store = LanceDBStore(work / "latency" / "lancedb", "codeindex")
     store.ensure_collection(hashing.dimension)
@@ -406,12 +359,15 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> 
         rel = f"{roots.index(root)}/{path.relative_to(root).as_posix()}"  # unique across the roots
         chunks = chunk_text(text, hashing.max_tokens, hashing.count_tokens, "python")
         vectors = hashing.embed([c.text for c in chunks]) if chunks else []
-        for c, v in zip(chunks, vectors):
+        lines = text.split("\n")
+        named = [names_text(lines, c.start_line, c.end_line) for c in chunks]
+        name_vectors = dict(zip([n for n in named if n], hashing.embed([n for n in named if n]))) if any(named) else {}
+        for c, v, n in zip(chunks, vectors, named):
             pending.append(VectorObject(
                 id=object_id("codeindex", "site", rel, c.index), repo="site", path=rel, chunk_index=c.index,
                 start_line=c.start_line, end_line=c.end_line, content=c.text, language=language_of(rel),
                 content_sha256=sha256_hex(c.text.encode()), commit="", indexed_at="", embedding_model="bench",
-                fence=1, vector=v))
+                fence=1, vector=v, name_vector=name_vectors[n] if n else np.zeros(hashing.dimension, np.float32)))
         if len(pending) >= 5000:
             total += store.upsert(pending)
             pending = []
@@ -423,11 +379,11 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> 
     embedder.embed(["warm up"])
     out: dict = {"chunks": total}
     for mode in SearchMode:
-        search(store, embedder, [queries[0]], K, mode)  # warm the index caches
+        search(store, embedder, [queries[0]], K, mode, name_weight=name_weight)  # warm the index caches
         times = []
         for q in queries:
             t = time.perf_counter()
-            search(store, embedder, [q], K, mode)
+            search(store, embedder, [q], K, mode, name_weight=name_weight)
             times.append((time.perf_counter() - t) * 1000)
         out[mode.value] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
                            "p95_ms": round(float(np.percentile(times, 95)), 1)}
@@ -439,7 +395,7 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str) -> 
         times = []
         for q in queries:
             t = time.perf_counter()
-            search(store, precomputed, [q], K, mode)
+            search(store, precomputed, [q], K, mode, name_weight=name_weight)
             times.append((time.perf_counter() - t) * 1000)
         out[f"{mode.value}_without_model"] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
                                               "p95_ms": round(float(np.percentile(times, 95)), 1)}
@@ -462,9 +418,9 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="sample this many queries per repository")
     parser.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--name-vectors", type=float, default=None, metavar="WEIGHT",
-                        help="also measure the bench-only 'names' variant: cosine + WEIGHT * the best "
-                             "cosine of a definition's name in words (0.3 tuned on half of click's queries)")
+    parser.add_argument("--name-weight", type=float, default=Settings.model_fields["search_name_weight"].default,
+                        metavar="WEIGHT", help="the name vectors' weight in vector and hybrid search "
+                                               "(default: CODEINDEX_SEARCH_NAME_WEIGHT's default)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="keep embeddings here between runs (per repository: the sync's cache, the baseline's)")
     args = parser.parse_args()
@@ -474,28 +430,30 @@ def main() -> None:
         latency_queries: list[str] = []
         for name in filter(None, args.repos.split(",")):
             found = quality(name, work, args.embedder, args.skip_baseline, args.max_queries, args.cache,
-                            args.name_vectors)
+                            args.name_weight)
             if found is None:
                 continue
             results["repos"].append(found)
             print(f"\n{name}: {found['queries']} queries, {found['chunks']} chunks")
-            print(f"  {'mode':<10} {'MRR@10':>7} {'R@1':>6} {'R@5':>6} {'R@10':>6}   MRR@10 - baseline [95% CI]")
+            print(f"  {'mode':<12} {'MRR@10':>7} {'R@1':>6} {'R@5':>6} {'R@10':>6}   MRR@10 - baseline [95% CI]")
             for mode, f in found["modes"].items():
                 vs = found.get("vs_baseline", {}).get(mode)
                 shown = f"{vs[0]:+.3f} [{vs[1]:+.3f}, {vs[2]:+.3f}]" if vs else ""
-                print(f"  {mode:<10} {f['mrr10']:>7.3f} {f['r1']:>6.3f} {f['r5']:>6.3f} {f['r10']:>6.3f}   {shown}")
+                print(f"  {mode:<12} {f['mrr10']:>7.3f} {f['r1']:>6.3f} {f['r5']:>6.3f} {f['r10']:>6.3f}   {shown}")
             hv, hl = found["hybrid_vs_vector"], found["hybrid_vs_lexical"]
             print(f"  hybrid - vector {hv[0]:+.3f} [{hv[1]:+.3f}, {hv[2]:+.3f}]; "
                   f"hybrid - lexical {hl[0]:+.3f} [{hl[1]:+.3f}, {hl[2]:+.3f}]")
-            if (nv := found.get("names_vs_vector")) is not None:
-                print(f"  names - vector {nv[0]:+.3f} [{nv[1]:+.3f}, {nv[2]:+.3f}]")
+            for mode, nv in found["vs_plain"].items():
+                print(f"  {mode} - vector-plain {nv[0]:+.3f} [{nv[1]:+.3f}, {nv[2]:+.3f}]")
+            print("  MRR@10 on the two halves of a random split (seed 0): " +
+                  "; ".join(f"{m} {a:.3f} / {b:.3f}" for m, (a, b) in found["halves"].items()))
         if args.latency_chunks:
             for p in sorted((ROOT / "indexing").glob("*.py")):
                 tree = ast.parse(p.read_text(encoding="utf-8"))
                 latency_queries += [first_sentence(ast.get_docstring(f) or "") for f in _functions(tree)
                                     if ast.get_docstring(f)]
             latency_queries = [q for q in latency_queries if q][:200]
-            results["latency"] = latency(work, args.latency_chunks, latency_queries, args.embedder)
+            results["latency"] = latency(work, args.latency_chunks, latency_queries, args.embedder, args.name_weight)
             lat = results["latency"]
             print(f"\nlatency: {len(latency_queries)} queries, one at a time, on {lat['chunks']} chunks (2 cores)")
             for mode in SearchMode:

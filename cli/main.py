@@ -297,7 +297,7 @@ def search(
     chosen = SearchMode(mode or settings.search_mode)
     filters = SearchFilter(repo=repo, path=path, language=language)
     answers = search_collection(runtime(), settings.collection, queries, k, chosen, filters,
-                                settings.search_lexical_weight)
+                                settings.search_lexical_weight, settings.search_name_weight)
     if queries_file is not None:
         for text, hits in zip(queries, answers):
             doc = {"query": text, "mode": chosen.value, "results": [h.as_dict() for h in hits]}
@@ -379,14 +379,15 @@ def runs(limit: Annotated[int, typer.Option("--limit", min=1)] = 20, json_out: J
 
 @app.command()
 def verify(
-    repair: Annotated[bool, typer.Option("--repair", help="Index again what is missing, extra or corrupt (the store rebuilt when it cannot be read), then check again.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Index again what is missing, extra, corrupt or without name vectors (an index from before them; embeddings come from the cache), the store rebuilt when it cannot be read; then check again.")] = False,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Only this repository id.")] = None,
     json_out: JsonOut = False,
     root: RootOpt = None,
     collection: CollectionOpt = None,
 ) -> None:
     """Check that the vector store holds exactly what the state records: every object of every
-    indexed file present, nothing extra, each object's content matching its hash.
+    indexed file present, nothing extra, each object's content matching its hash and its name
+    vector computed (an index built before name vectors lacks them until --repair).
 
     Exit 0 when the index is exact (after --repair: when the repair made it so), 1 when it is
     not, 4 when the state cannot be read.
@@ -421,7 +422,7 @@ def verify(
                     "error": report.error, "repaired_runs": [r["run_id"] for r in repaired],
                     "repositories": [{"repo_id": c.repo_id, "ok": c.ok, "files": c.files, "expected": c.expected,
                                       "stored": c.stored, "missing": c.missing, "extra": c.extra,
-                                      "corrupt": c.corrupt} for c in report.repos]})
+                                      "corrupt": c.corrupt, "unnamed": c.unnamed} for c in report.repos]})
     else:
         _render_verify(report, repaired)
     if not report.ok:
@@ -437,13 +438,15 @@ def _render_verify(report, repaired: list[dict]) -> None:
         verdict = "exact" if check.ok else "NOT exact"
         sys.stdout.write(f"{check.repo_id}: {verdict}: {check.files} files, {check.expected} objects recorded, "
                          f"{check.stored} stored\n")
-        for label, problems in (("missing", check.missing), ("extra", check.extra), ("corrupt", check.corrupt)):
+        for label, problems in (("missing", check.missing), ("extra", check.extra), ("corrupt", check.corrupt),
+                                ("no name vector", check.unnamed)):
             for path, indexes in sorted(problems.items()):
                 sys.stdout.write(f"  [{label.upper()}] {path}: chunks {', '.join(map(str, indexes))}\n")
     if repaired:
         sys.stdout.write(f"repaired in {len(repaired)} sync run(s): {', '.join(r['run_id'] for r in repaired)}\n")
     if not report.ok and not repaired:
-        sys.stdout.write("run `codeindex verify --repair` to index again what is missing, extra or corrupt\n")
+        sys.stdout.write("run `codeindex verify --repair` to index again what is missing, extra, corrupt or "
+                         "without name vectors\n")
 
 
 def main() -> None:

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default=1.0, ge=0.0, le=10.0,
         description="The lexical list's weight in hybrid search's rank fusion (1.0: equal to the vector list's).",
     )
+    search_name_weight: float = Field(
+        default=0.3, ge=0.0, le=10.0,
+        description="How much a chunk's name vector counts in vector and hybrid search: the nearest "
+        "chunks are re-ranked by cosine(query, chunk) + this x cosine(query, the names it defines). "
+        "0 turns it off. 0.3 was chosen on half of click's benchmark queries (bench/search.py, docs/search.md).",
+    )
     delete_threshold: float = Field(
         default=0.2, ge=0.0, le=1.0,
         description="A sync deleting more than this share of a repository's files needs --force.",

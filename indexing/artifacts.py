@@ -11,8 +11,9 @@ An archive is a tar stream, compressed with zstd (multi-threaded; the default) o
 - ``manifest.json``: each other member's size and SHA-256;
 - ``state.json``: the repository's record and its files' state (a delta: the files changed
   and the paths deleted since its base);
-- ``vectors.arrow``: the repository's objects with their vectors (Arrow IPC; a delta: the
-  objects changed and the ids deleted);
+- ``vectors.arrow``: the repository's objects with their vectors and name vectors (Arrow IPC;
+  a delta: the objects changed and the ids deleted; an artifact without the ``name_vector``
+  column, packed before name vectors existed, installs with none);
 - ``embeddings.arrow`` (optional): the embedding-cache entries of those objects.
 
 Reading fails closed (:func:`open_archive`): the archive's SHA-256 is checked before anything
@@ -40,7 +41,7 @@ import numpy as np
 from indexing.chunking import CHUNKER_VERSION
 from indexing.errors import ArtifactError, IncompatibleArtifactError
 from indexing.state import CollectionMeta, FileState
-from indexing.store import VectorObject
+from indexing.store import VectorObject, vector_array, vector_list
 
 #: The artifact format this code writes and the newest it reads.
 SCHEMA_VERSION = 1
@@ -52,7 +53,7 @@ _ZSTD_MAGIC, _GZIP_MAGIC = b"\x28\xb5\x2f\xfd", b"\x1f\x8b"
 _CHUNK = 1024 * 1024
 #: An archive unpacks to at most this many times its size limit (a decompression bomb stops there).
 EXPANSION_LIMIT = 20
-_VECTOR_FIELDS = tuple(f.name for f in fields(VectorObject) if f.name != "vector")
+_VECTOR_FIELDS = tuple(f.name for f in fields(VectorObject) if f.name not in ("vector", "name_vector"))
 _ID_PART = re.compile(r"[^A-Za-z0-9._]+")
 
 
@@ -189,6 +190,7 @@ def _vectors_table(objects: Sequence[VectorObject], dimension: int):
     matrix = (np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects]) if objects
               else np.zeros((0, dimension), dtype=np.float32))
     columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension)
+    columns["name_vector"] = vector_array([o.name_vector for o in objects], dimension)
     return pa.table(columns)
 
 
@@ -426,8 +428,11 @@ def _matrix(column, dimension: int) -> np.ndarray:
 
 def _objects_of(table, dimension: int) -> dict[str, VectorObject]:
     vectors = _matrix(table.column("vector"), dimension)
-    rows = table.select(list(_VECTOR_FIELDS)).to_pylist()
-    return {row["id"]: VectorObject(**row, vector=vectors[i]) for i, row in enumerate(rows)}
+    # An artifact packed before name vectors existed has none: its objects rank by their vector alone.
+    names = (vector_list(table.column("name_vector"), dimension) if "name_vector" in table.column_names
+             else [None] * table.num_rows)
+    rows = table.select([n for n in _VECTOR_FIELDS if n != "names_sha256" or n in table.column_names]).to_pylist()
+    return {row["id"]: VectorObject(**row, vector=vectors[i], name_vector=names[i]) for i, row in enumerate(rows)}
 
 
 def snapshot_objects(objects: Iterable[VectorObject], files: dict[str, FileState],

@@ -42,9 +42,16 @@ def cutoff(days: float, now: datetime | None = None) -> str:
 
 def referenced_keys(rows: Iterable[dict]) -> set[tuple[str, str]]:
     """The embedding-cache keys the exported objects ``rows`` use: ``(embedding_model,
-    content_sha256)``. The cache is keyed by (model id, SHA-256 of the chunk text's UTF-8) and
-    an object's ``content_sha256`` is that same hash of its chunk (``indexing.sync.index_batch``)."""
-    return {(row["embedding_model"], row["content_sha256"]) for row in rows}
+    content_sha256)`` and, for an object with a name vector, ``(embedding_model, names_sha256)``.
+    The cache is keyed by (model id, SHA-256 of the embedded text's UTF-8): an object's
+    ``content_sha256`` is that hash of its chunk, ``names_sha256`` of its names text
+    (``indexing.sync.index_batch``)."""
+    keys: set[tuple[str, str]] = set()
+    for row in rows:
+        keys.add((row["embedding_model"], row["content_sha256"]))
+        if row.get("names_sha256"):
+            keys.add((row["embedding_model"], row["names_sha256"]))
+    return keys
 
 
 def collect_embeddings(cache: EmbeddingCache, referenced: set[tuple[str, str]], *, dry_run: bool,

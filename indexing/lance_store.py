@@ -31,11 +31,12 @@ from indexing.errors import LockTimeoutError, StoreError
 from indexing.lexical import document_terms
 from indexing.libc import libc
 from indexing.paths import tree_size
-from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, glob_to_like
+from indexing.store import EXPORT_FIELDS, HIT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, glob_to_like
+from indexing.store import name_similarity, vector_array, vector_list
 from indexing.store import Compaction
 
 _PROPERTIES = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
-               "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
+               "content_sha256", "commit", "indexed_at", "embedding_model", "fence", "names_sha256")
 _SQL_BATCH = 1000
 #: Seconds a writer waits for another process's write to the same table before giving up.
 WRITE_LOCK_TIMEOUT = 300.0
@@ -55,7 +56,10 @@ FTS_REFRESH_ROWS = 1000
 #: disk, peak memory 3.8x a 1,000-file sync's); refreshed when the backlog doubles the indexed
 #: rows, O(n) (docs/performance.md, D).
 FTS_REFRESH_FRACTION = 1.0
-_HIT_COLUMNS = list(SearchHit.__slots__[:-1])
+_HIT_COLUMNS = list(HIT_FIELDS)
+#: The column of each row's name vector (:attr:`VectorObject.name_vector`): null for a row written
+#: before name vectors existed, zeros for a chunk that defines nothing.
+NAME_VECTOR = "name_vector"
 
 
 def where_clause(filters: SearchFilter | None) -> str | None:
@@ -204,6 +208,8 @@ class LanceDBStore:
             pa.field("commit", pa.string()), pa.field("indexed_at", pa.string()),
             pa.field("embedding_model", pa.string()), pa.field("fence", pa.int64()),
             pa.field("vector", pa.list_(pa.float32(), dimension)), pa.field(TERMS, pa.string()),
+            pa.field(NAME_VECTOR, pa.list_(pa.float32(), dimension), nullable=True),
+            pa.field("names_sha256", pa.string()),
         ])
 
     def _open(self):
@@ -235,6 +241,7 @@ class LanceDBStore:
         if table is not None:
             try:
                 table.checkout_latest()
+                self._ensure_name_vectors()
                 return self._ensure_lexical()
             except StoreError:
                 raise
@@ -246,6 +253,28 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot create table {self.collection} in {self.uri}: {exc}") from exc
         self._ensure_lexical()
+
+    def _ensure_name_vectors(self) -> None:
+        """Give a table written before name vectors existed its :data:`NAME_VECTOR` column, null
+        in every row, and its ``names_sha256`` column, "" in every row (those rows rank by their vector alone until a sync indexes their files
+        again; ``codeindex verify`` counts them). Under the write lock; a no-op (one look at the schema)
+        once the column exists. Raises StoreError when LanceDB fails."""
+        table = self._require()
+        if NAME_VECTOR in table.schema.names and "names_sha256" in table.schema.names:
+            return
+        import pyarrow as pa  # lazy: see _schema
+
+        try:
+            with self._writing() as table:
+                if NAME_VECTOR not in table.schema.names:
+                    dimension = table.schema.field("vector").type.list_size
+                    table.add_columns(pa.field(NAME_VECTOR, pa.list_(pa.float32(), dimension), nullable=True))
+                if "names_sha256" not in table.schema.names:
+                    table.add_columns({"names_sha256": "''"})  # a SQL expression per row (LanceDB docs)
+        except (StoreError, LockTimeoutError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot add the name vectors to {self.collection} in {self.uri}: {exc}") from exc
 
     def _fts_index(self, table):
         """The full-text index on :data:`TERMS`, or None."""
@@ -332,14 +361,30 @@ class LanceDBStore:
         columns[TERMS] = [document_terms(o.path, o.content) for o in objects]
         matrix = np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects])
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dimension)
+        try:
+            columns[NAME_VECTOR] = vector_array([o.name_vector for o in objects], dimension)
+        except ValueError as exc:
+            raise StoreError(f"upsert of {len(objects)} objects into {self.collection}: a name vector: {exc}") from None
+        unknown_names = columns[NAME_VECTOR].null_count > 0
+        if unknown_names and not (np.isfinite(matrix).all() and
+                                  all(np.isfinite(o.name_vector).all() for o in objects if o.name_vector is not None)):
+            raise StoreError(f"upsert of {len(objects)} objects into {self.collection}: a vector holds NaN or infinity")
         data = pa.Table.from_pydict(columns, schema=self._schema(dimension))
+        if (table := self._open()) is not None and NAME_VECTOR not in table.schema.names:
+            self._ensure_name_vectors()
         try:
             with self._writing() as table:
+                if unknown_names and table.schema.field("vector").type.list_size != dimension:
+                    raise StoreError(f"upsert of {len(objects)} objects into {self.collection}: vectors of "
+                                     f"{dimension} dimensions, the table's are {table.schema.field('vector').type.list_size}")
                 result = (
                     table.merge_insert("id")
                     .when_matched_update_all(where="target.fence <= source.fence")
                     .when_not_matched_insert_all()
-                    .execute(data)
+                    # A null name vector (never computed) is what LanceDB's vector check calls bad;
+                    # the vectors' values and dimension were checked above, so only those nulls
+                    # meet "null" (which would null a vector of the wrong dimension too).
+                    .execute(data, on_bad_vectors="null" if unknown_names else "error")
                 )
                 self._refresh_lexical(table)
         except (StoreError, LockTimeoutError):
@@ -405,21 +450,26 @@ class LanceDBStore:
     def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         where = where_clause(filters)
 
+        query_vector = np.asarray(vector, dtype=np.float32)
+
         def read(table):
-            query = table.search(np.asarray(vector, dtype=np.float32)).distance_type("cosine")
+            query = table.search(query_vector, vector_column_name="vector").distance_type("cosine")
             if where:
                 query = query.where(where, prefilter=True)
-            return query.limit(k).select([*_HIT_COLUMNS, "_distance"]).to_list()
+            names = [NAME_VECTOR] if NAME_VECTOR in table.schema.names else []
+            return query.limit(k).select([*_HIT_COLUMNS, *names, "_distance"]).to_list()
 
         rows = self._read("search", read, [])
-        return [SearchHit(**{name: row[name] for name in _HIT_COLUMNS}, score=1.0 - float(row["_distance"]))
-                for row in rows]
+        return [SearchHit(**{name: row[name] for name in _HIT_COLUMNS}, score=1.0 - float(row["_distance"]),
+                          name_score=name_similarity(query_vector, row.get(NAME_VECTOR))) for row in rows]
 
     def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         """LanceDB's native full-text search (BM25) over :data:`TERMS`, ``filters`` as a pre-filter.
-        A table from before the lexical index is migrated first (:meth:`_ensure_lexical`)."""
+        A table from before the lexical index or the name vectors is migrated first
+        (:meth:`_ensure_lexical`, :meth:`_ensure_name_vectors`)."""
         if not terms.strip() or self._open() is None:
             return []
+        self._ensure_name_vectors()
         self._ensure_lexical()
         where = where_clause(filters)
 
@@ -436,24 +486,31 @@ class LanceDBStore:
         return int(self._read("count", lambda table: table.count_rows(f"repo = {_quote(repo)}" if repo else None), 0))
 
     def inventory(self, repo: str) -> Iterator[StoredChunk]:
-        data = self._scan(["id", "path", "chunk_index", "content", "content_sha256"], f"repo = {_quote(repo)}")
+        table = self._open()
+        names = [NAME_VECTOR] if table is not None and NAME_VECTOR in table.schema.names else []
+        data = self._scan(["id", "path", "chunk_index", "content", "content_sha256", *names], f"repo = {_quote(repo)}")
         if data is None:
             return
         for batch in data.to_batches(max_chunksize=2048):
-            for row in batch.to_pylist():
-                yield StoredChunk(**row)
+            named = (batch.column(NAME_VECTOR).is_valid().to_pylist() if names else [False] * batch.num_rows)
+            for i, row in enumerate(batch.select(["id", "path", "chunk_index", "content", "content_sha256"]).to_pylist()):
+                yield StoredChunk(**row, named=named[i])
 
     def objects(self, repo: str) -> Iterator[VectorObject]:
         """Every object of ``repo`` with its vector, read from the latest version at the call (one
         scan: a write committed afterwards is not seen)."""
-        data = self._scan([*_PROPERTIES, "vector"], f"repo = {_quote(repo)}")
+        if self._open() is not None:
+            self._ensure_name_vectors()  # a table from before them gets its (empty) columns first
+        data = self._scan([*_PROPERTIES, "vector", NAME_VECTOR], f"repo = {_quote(repo)}")
         if data is None:
             return
         for batch in data.to_batches(max_chunksize=1024):
             vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
             width = len(vectors) // max(1, batch.num_rows)
+            name_vectors = vector_list(batch.column(NAME_VECTOR), width)
             for i, row in enumerate(batch.select(list(_PROPERTIES)).to_pylist()):
-                yield VectorObject(**row, vector=vectors[i * width:(i + 1) * width].astype(np.float32))
+                yield VectorObject(**row, vector=vectors[i * width:(i + 1) * width].astype(np.float32),
+                                   name_vector=name_vectors[i])
 
     def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
         """LanceDB's maintenance of the table (``Table.optimize``, the way its docs ask for after
@@ -515,6 +572,8 @@ class LanceDBStore:
 
     def export(self, with_vectors: bool = False) -> Iterator[dict]:
         columns = list(EXPORT_FIELDS) + (["vector"] if with_vectors else [])
+        if self._open() is not None:
+            self._ensure_name_vectors()  # a table from before them gets its (empty) columns first
         data = self._scan(columns)
         if data is None:
             return

@@ -5,7 +5,9 @@ cosine), ``lexical`` (BM25 over the code-aware terms of indexing/lexical.py) and
 (both lists fused by reciprocal rank fusion: Cormack, Clarke and Büttcher, "Reciprocal Rank
 Fusion outperforms Condorcet and individual Rank Learning Methods", SIGIR 2009, with their
 ``k = 60``), led by the exact matches of a query that names an identifier or quotes a literal
-(:func:`indexing.lexical.exact_terms`). Filters go inside each store query
+(:func:`indexing.lexical.exact_terms`). In ``vector`` and ``hybrid`` the nearest chunks are
+re-ranked by their name vectors (:mod:`indexing.names`): ``cosine(query, chunk) + name_weight *
+cosine(query, the names the chunk defines)``. Filters go inside each store query
 (:class:`~indexing.store.SearchFilter`).
 """
 
@@ -30,6 +32,10 @@ HYBRID_CANDIDATES = 50
 #: hybrid answer, ahead of the fused list: code search users expect an identifier to find its
 #: definition first, which an embedding's nearest neighbours (callers, look-alikes) can outvote.
 EXACT_FIRST = 3
+#: How many of the nearest chunks (at least; ``k`` when larger) are re-ranked by their name
+#: vectors: on click's benchmark queries, re-ranking the top 50 scored as well as re-ranking
+#: every chunk (bench/search.py, docs/search.md).
+NAME_CANDIDATES = 50
 
 
 class SearchMode(StrEnum):
@@ -43,8 +49,8 @@ class SearchMode(StrEnum):
 @dataclass(frozen=True, slots=True)
 class RankedHit:
     """One result: the stored chunk (``hit``; its ``score`` is the retriever's own), the score the
-    list is ordered by (cosine for ``vector``, BM25 for ``lexical``, the RRF sum for ``hybrid``, where
-    the exact matches that lead score above it),
+    list is ordered by (for ``vector`` cosine plus the weighted name-vector cosine, BM25 for
+    ``lexical``, the RRF sum for ``hybrid``, where the exact matches that lead score above it),
     and which retrievers found it (``("vector",)``, ``("lexical",)`` or both)."""
 
     hit: SearchHit
@@ -82,15 +88,24 @@ def fuse(lists: dict[str, Sequence[SearchHit]], k: int, weights: dict[str, float
     return [RankedHit(hits[i], scores[i], tuple(found[i])) for i in order]
 
 
+def rerank_by_names(hits: Sequence[SearchHit], name_weight: float) -> list[tuple[SearchHit, float]]:
+    """``hits`` (a vector search's, best first) with the score ``hit.score + name_weight *
+    hit.name_score``, ordered by it (ties keep their order). ``name_weight`` 0 keeps the order."""
+    scored = [(hit, hit.score + name_weight * hit.name_score) for hit in hits]
+    return sorted(scored, key=lambda pair: -pair[1]) if name_weight else scored
+
+
 def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str], k: int,
            mode: SearchMode, filters: SearchFilter | None = None,
-           lexical_weight: float = 1.0) -> list[list[RankedHit]]:
+           lexical_weight: float = 1.0, name_weight: float = 0.0) -> list[list[RankedHit]]:
     """Answer each of ``queries`` with its best ``k`` hits (``k`` >= 1), in ``mode``, among the
     objects ``filters`` admits; one list per query, in order.
 
     All queries are embedded in one call (``embedder.embed``: one batch through the model);
     ``embedder`` may be None for ``lexical``. ``lexical_weight`` scales the lexical list's RRF
-    weight in ``hybrid`` (1.0: equal). Raises UsageError for an empty query or ``k`` < 1, and
+    weight in ``hybrid`` (1.0: equal). ``name_weight`` > 0 re-ranks the nearest
+    :data:`NAME_CANDIDATES` chunks by their name vectors (:func:`rerank_by_names`) in ``vector``
+    and ``hybrid`` (the settings' ``search_name_weight``). Raises UsageError for an empty query or ``k`` < 1, and
     the store's StoreError.
     """
     if k < 1:
@@ -102,11 +117,15 @@ def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str]
         raise UsageError(f"{mode} search needs the collection's embedder")
     vectors = embedder.embed(list(queries)) if mode is not SearchMode.LEXICAL and queries else None
     depth = k if mode is not SearchMode.HYBRID else max(k, HYBRID_CANDIDATES)
+    vector_depth = max(depth, NAME_CANDIDATES) if name_weight else depth
     answers = []
     for n, query in enumerate(queries):
         lists: dict[str, list[SearchHit]] = {}
+        scores: dict[str, float] = {}
         if vectors is not None:
-            lists["vector"] = store.search(vectors[n], depth, filters)
+            ranked = rerank_by_names(store.search(vectors[n], vector_depth, filters), name_weight)[:depth]
+            lists["vector"] = [hit for hit, _ in ranked]
+            scores = {hit.id: score for hit, score in ranked}
         if mode is not SearchMode.VECTOR:
             lists["lexical"] = store.lexical_search(query_terms(query), depth, filters)
         if mode is SearchMode.HYBRID:
@@ -122,7 +141,7 @@ def search(store: VectorStore, embedder: Embedder | None, queries: Sequence[str]
             answers.append([*first, *(r for r in fused if r.hit.id not in leading)][:k])
         else:
             ((name, ranked),) = lists.items()
-            answers.append([RankedHit(hit, hit.score, (name,)) for hit in ranked[:k]])
+            answers.append([RankedHit(hit, scores.get(hit.id, hit.score), (name,)) for hit in ranked[:k]])
     return answers
 
 
@@ -137,7 +156,8 @@ class SearchEnvironment(Protocol):
 
 
 def search_collection(env: SearchEnvironment, collection: str, queries: Sequence[str], k: int, mode: SearchMode,
-                      filters: SearchFilter | None = None, lexical_weight: float = 1.0) -> list[list[RankedHit]]:
+                      filters: SearchFilter | None = None, lexical_weight: float = 1.0,
+                      name_weight: float = 0.0) -> list[list[RankedHit]]:
     """:func:`search` over ``collection`` with the model it was built with (the CLI's ``search``
     and the API's ``/v1/search`` both call this, so they answer alike). The embedder is not
     loaded for a lexical search. Raises UsageError for a collection nothing was synced into,
@@ -146,4 +166,4 @@ def search_collection(env: SearchEnvironment, collection: str, queries: Sequence
     if meta is None:
         raise UsageError(f"collection {collection!r} is empty: run `codeindex sync --all` first")
     embedder = None if SearchMode(mode) is SearchMode.LEXICAL else env.embedder_for_model(meta.embedding_model)
-    return search(env.vector_store(collection), embedder, queries, k, mode, filters, lexical_weight)
+    return search(env.vector_store(collection), embedder, queries, k, mode, filters, lexical_weight, name_weight)

@@ -17,7 +17,8 @@ import numpy as np
 
 from indexing.errors import UsageError
 
-EXPORT_FIELDS = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content_sha256", "embedding_model")
+EXPORT_FIELDS = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content_sha256", "embedding_model",
+                 "names_sha256")
 
 
 @dataclass(slots=True)
@@ -38,6 +39,13 @@ class VectorObject:
     embedding_model: str
     fence: int
     vector: np.ndarray = field(repr=False)
+    #: The embedding of the names the chunk defines (:func:`indexing.names.names_text`), of the
+    #: vector's dimension; all zeros when it defines nothing; None when it was never computed
+    #: (an object written before name vectors existed: it ranks by its vector alone).
+    name_vector: np.ndarray | None = field(default=None, repr=False)
+    #: SHA-256 of the names text the name vector embeds (its key in the embedding cache, which
+    #: cleanup keeps while an object refers to it); "" when it defines nothing or was never computed.
+    names_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,9 @@ class StoredChunk:
     chunk_index: int
     content: str
     content_sha256: str
+    #: False for an object whose name vector was never computed (written before name vectors
+    #: existed); stores without name vectors say True.
+    named: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,23 @@ class SearchHit:
     content: str
     language: str
     score: float
+    #: From :meth:`VectorStore.search`: the cosine similarity of the query and the object's name
+    #: vector (0.0 when it has none, or defines nothing); 0.0 from ``lexical_search``.
+    name_score: float = 0.0
+
+
+#: The properties of an object that a :class:`SearchHit` carries (all its fields but the scores).
+HIT_FIELDS = ("id", "repo", "path", "chunk_index", "start_line", "end_line", "content", "language")
+
+
+def name_similarity(query: np.ndarray, name_vector: np.ndarray | Sequence[float] | None) -> float:
+    """Cosine similarity of ``query`` and a stored name vector; 0.0 for None (never computed)
+    or a zero vector (the chunk defines nothing)."""
+    if name_vector is None:
+        return 0.0
+    v = np.asarray(name_vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v)) * float(np.linalg.norm(query))
+    return float(np.dot(query, v) / norm) if norm > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +201,9 @@ class VectorStore(Protocol):
         ...
 
     def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
-        """Return the ``k`` objects nearest to ``vector`` (cosine) among those ``filters`` admits."""
+        """Return the ``k`` objects nearest to ``vector`` (cosine, the hit's ``score``) among those
+        ``filters`` admits, each with ``name_score``, the cosine of ``vector`` and its name vector
+        (:func:`name_similarity`), which :func:`indexing.search.search` re-ranks by."""
         ...
 
     def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
@@ -200,3 +230,41 @@ class VectorStore(Protocol):
     def export(self, with_vectors: bool = False) -> Iterator[dict]:
         """Yield every object as a dict of :data:`EXPORT_FIELDS` (and ``vector``), sorted by id."""
         ...
+
+
+def vector_array(vectors: Sequence[np.ndarray | None], dimension: int):
+    """An Arrow ``fixed_size_list<float32>[dimension]`` array of ``vectors``, None as null (a name
+    vector never computed). Raises ValueError for a vector of another dimension."""
+    import pyarrow as pa  # lazy: only the stores and artifacts that write Arrow need it
+
+    matrix = np.zeros((len(vectors), dimension), dtype=np.float32)
+    missing = np.zeros(len(vectors), dtype=bool)
+    for i, v in enumerate(vectors):
+        if v is None:
+            missing[i] = True
+            continue
+        v = np.asarray(v, dtype=np.float32)
+        if v.shape != (dimension,):
+            raise ValueError(f"a vector of shape {v.shape} where {dimension} dimensions were expected")
+        matrix[i] = v
+    values = pa.array(matrix.reshape(-1), pa.float32())
+    if not missing.any():
+        return pa.FixedSizeListArray.from_arrays(values, dimension)
+    return pa.FixedSizeListArray.from_arrays(values, dimension, mask=pa.array(missing))
+
+
+def vector_list(column, dimension: int) -> list[np.ndarray | None]:
+    """The vectors of an Arrow ``fixed_size_list<float32>`` column (or chunked column), null as
+    None: what :func:`vector_array` wrote. Raises ValueError for another dimension."""
+    import pyarrow as pa  # lazy: see vector_array
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32(), dimension))
+    if len(column) == 0:
+        return []
+    if column.type.list_size != dimension:
+        raise ValueError(f"vectors are {column.type.list_size}-dimensional, not {dimension}")
+    flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32)
+    flat = flat[column.offset * dimension:(column.offset + len(column)) * dimension].reshape(len(column), dimension)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [flat[i].copy() if valid[i] else None for i in range(len(column))]

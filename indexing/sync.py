@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from indexing import metrics
 from indexing.changes import Change, ChangeKind
 from indexing.chunking import chunk_text
@@ -42,6 +44,7 @@ from indexing.languages import language_of
 from indexing.messages import (
     Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
+from indexing.names import names_text
 from indexing.paths import printable
 from indexing.scanner import FileFilter, decode
 from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, RunStatus, StateStore, utcnow
@@ -525,14 +528,16 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
     ``reader`` resolves each file's content (``indexing.content``: the work tree for schema v1,
     the message's content strategy for v2; default: a reader without object storage or clone
     cache). File problems (vanished, now binary, unreadable, a checksum mismatch) become failed
-    results and do not stop the batch. Chunks whose text is in ``cache`` are not embedded again.
-    All objects of the batch go to the store in one upsert carrying ``job.fence``.
+    results and do not stop the batch. Chunks whose text is in ``cache`` are not embedded again;
+    nor are the names each chunk defines (its name vector: :mod:`indexing.names`), embedded in the
+    same call and cached alike. All objects of the batch go to the store in one upsert carrying ``job.fence``.
     Raises :class:`StoreError` when the store, the cache or the content's source fails (the
     task retries the batch).
     """
     reader = reader or ContentReader()
     results: list[FileResult] = []
-    pending: list[tuple[FileResult, list, list[str]]] = []
+    pending: list[tuple[FileResult, list, list[str], list[str | None]]] = []
+    name_texts: dict[str, str] = {}
     for planned in job.files:
         try:
             data, linked = reader.read(job, planned, max_file_size)
@@ -547,19 +552,28 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
                             linked=linked)
         results.append(result)
         hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
-        pending.append((result, chunks, hashes))
+        lines = text.text.split("\n")
+        names: list[str | None] = []
+        for chunk in chunks:
+            named = names_text(lines, chunk.start_line, chunk.end_line)
+            key = sha256_hex(named.encode("utf-8", "surrogatepass")) if named else None
+            if key:
+                name_texts[key] = named
+            names.append(key)
+        pending.append((result, chunks, hashes, names))
 
-    wanted = list(dict.fromkeys(h for _, _, hashes in pending for h in hashes))
+    wanted = list(dict.fromkeys([*(h for _, _, hashes, _ in pending for h in hashes), *name_texts]))
     vectors = cache.get_many(embedder.model_id, wanted)
     metrics.cache_lookups("embedding", len(vectors), len(wanted) - len(vectors))
     missing: dict[str, str] = {}
-    for result, chunks, hashes in pending:
+    for result, chunks, hashes, _ in pending:
         for chunk, h in zip(chunks, hashes):
             if h in vectors or h in missing:
                 result.reused += 1
             else:
                 missing[h] = chunk.text
                 result.embedded += 1
+    missing.update({h: t for h, t in name_texts.items() if h not in vectors and h not in missing})
     if missing:
         fresh = embedder.embed(list(missing.values()))
         new = dict(zip(missing.keys(), fresh))
@@ -574,9 +588,10 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
             id=object_id(job.collection, job.repo_id, result.path, chunk.index), repo=job.repo_id,
             path=result.path, chunk_index=chunk.index, start_line=chunk.start_line, end_line=chunk.end_line,
             content=chunk.text, language=result.language, content_sha256=h, commit=job.commit,
-            indexed_at=now, embedding_model=embedder.model_id, fence=job.fence, vector=vectors[h])
-        for result, chunks, hashes in pending
-        for chunk, h in zip(chunks, hashes)
+            indexed_at=now, embedding_model=embedder.model_id, fence=job.fence, vector=vectors[h],
+            name_vector=vectors[n] if n else np.zeros(embedder.dimension, dtype=np.float32), names_sha256=n or "")
+        for result, chunks, hashes, names in pending
+        for chunk, h, n in zip(chunks, hashes, names)
     ]
     if objects:
         store.ensure_collection(embedder.dimension)

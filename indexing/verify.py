@@ -25,7 +25,9 @@ class RepoCheck:
     """One repository: what the state expects and what the store holds. Each problem maps a
     path to chunk indexes: ``missing`` (recorded, not stored), ``extra`` (stored, not recorded;
     the path may be unknown to the state), ``corrupt`` (stored content that does not match its
-    hash, or an id that does not match its path and index)."""
+    hash, or an id that does not match its path and index), ``unnamed`` (an intact object whose
+    name vector was never computed: written before name vectors existed, it ranks by its vector
+    alone until its file is indexed again, which ``--repair`` does)."""
 
     repo_id: str
     files: int = 0
@@ -34,17 +36,18 @@ class RepoCheck:
     missing: dict[str, list[int]] = field(default_factory=dict)
     extra: dict[str, list[int]] = field(default_factory=dict)
     corrupt: dict[str, list[int]] = field(default_factory=dict)
+    unnamed: dict[str, list[int]] = field(default_factory=dict)
     orphan_ids: list[str] = field(default_factory=list)  # extra objects of paths the state does not know
     known_paths: set[str] = field(default_factory=set, repr=False)
 
     @property
     def ok(self) -> bool:
-        """True when the store holds exactly the recorded objects, each intact."""
-        return not (self.missing or self.extra or self.corrupt)
+        """True when the store holds exactly the recorded objects, each intact and with its name vector."""
+        return not (self.missing or self.extra or self.corrupt or self.unnamed)
 
     def paths_to_index(self) -> list[str]:
-        """The recorded paths whose objects are missing, extra or corrupt: index them again."""
-        return sorted(p for p in {*self.missing, *self.extra, *self.corrupt} if p in self.known_paths)
+        """The recorded paths whose objects are missing, extra, corrupt or unnamed: index them again."""
+        return sorted(p for p in {*self.missing, *self.extra, *self.corrupt, *self.unnamed} if p in self.known_paths)
 
 
 @dataclass(slots=True)
@@ -92,6 +95,8 @@ def verify_index(state: StateStore, store: VectorStore, collection: str, repo_id
                 elif (sha256_hex(chunk.content.encode("utf-8", "surrogatepass")) != chunk.content_sha256
                       or object_id(collection, repo_id, chunk.path, chunk.chunk_index) != chunk.id):
                     check.corrupt.setdefault(chunk.path, []).append(chunk.chunk_index)
+                elif not chunk.named:
+                    check.unnamed.setdefault(chunk.path, []).append(chunk.chunk_index)
         except DependencyUnavailableError:
             raise
         except StoreError as exc:
@@ -100,7 +105,7 @@ def verify_index(state: StateStore, store: VectorStore, collection: str, repo_id
         for object_key, (path, index) in expected.items():
             if object_key not in seen:
                 check.missing.setdefault(path, []).append(index)
-        for problems in (check.missing, check.extra, check.corrupt):
+        for problems in (check.missing, check.extra, check.corrupt, check.unnamed):
             for indexes in problems.values():
                 indexes.sort()
         report.repos.append(check)

@@ -7,6 +7,7 @@ functions at module level, so that what would be sent can be checked without a s
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import uuid
@@ -19,8 +20,10 @@ import numpy as np
 
 from indexing.errors import StoreError, UsageError
 from indexing.lexical import document_terms
-from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject
+from indexing.store import EXPORT_FIELDS, SearchFilter, SearchHit, StoredChunk, VectorObject, name_similarity
 from indexing.store import Compaction
+
+log = logging.getLogger("codeindex.weaviate")
 
 if TYPE_CHECKING:
     from weaviate import WeaviateClient
@@ -43,13 +46,17 @@ PATH_BATCH = 100
 INSERT_BATCH = 500
 #: Objects per page of the cursor iterator (``collection.iterator(cache_size=...)``).
 PAGE = 1000
-#: The name of the collection's one vector (``Configure.Vectors.self_provided`` names it so).
+#: The name of the collection's chunk vector (``Configure.Vectors.self_provided`` names it so).
 VECTOR_NAME = "default"
+#: The named vector holding each object's name vector (:attr:`VectorObject.name_vector`), read
+#: back with the hits of a search, never searched itself (a flat index: no graph to build). An
+#: object that defines nothing, or whose names were never computed, has none.
+NAMES_VECTOR = "names"
 
-_TEXT_FIELDS = ("repo", "path", "language", "content_sha256", "commit", "indexed_at", "embedding_model")
+_TEXT_FIELDS = ("repo", "path", "language", "content_sha256", "commit", "indexed_at", "embedding_model", "names_sha256")
 _INT_FIELDS = ("chunk_index", "start_line", "end_line", "fence")
 _PROPERTIES = ("repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
-               "content_sha256", "commit", "indexed_at", "embedding_model", "fence")
+               "content_sha256", "commit", "indexed_at", "embedding_model", "fence", "names_sha256")
 #: The property BM25 searches: :func:`indexing.lexical.document_terms` of the object.
 TERMS = "terms"
 _HIT_PROPERTIES = ("repo", "path", "chunk_index", "start_line", "end_line", "content", "language")
@@ -151,14 +158,32 @@ def _properties(obj: VectorObject) -> dict[str, Any]:
     return props
 
 
-def _data_object(obj: VectorObject) -> DataObject:
+def _data_object(obj: VectorObject, with_names: bool = True) -> DataObject:
     """What ``insert_many`` sends for ``obj``: its properties, its id as the uuid and its vector
     under :data:`VECTOR_NAME`, as a list of floats (weaviate-python-client#1002: NumPy arrays
-    were once dropped silently by ``insert_many``)."""
+    were once dropped silently by ``insert_many``), and its name vector under
+    :data:`NAMES_VECTOR` when it has a non-zero one and ``with_names`` (the collection has that
+    vector)."""
     from weaviate.classes.data import DataObject  # lazy: see _schema
 
-    vector = np.asarray(obj.vector, dtype=np.float32).tolist()
-    return DataObject(properties=_properties(obj), uuid=_uuid(obj.id), vector={VECTOR_NAME: vector})
+    vectors = {VECTOR_NAME: np.asarray(obj.vector, dtype=np.float32).tolist()}
+    if with_names and obj.name_vector is not None and np.any(obj.name_vector):
+        vectors[NAMES_VECTOR] = np.asarray(obj.name_vector, dtype=np.float32).tolist()
+    return DataObject(properties=_properties(obj), uuid=_uuid(obj.id), vector=vectors)
+
+
+def _names_vector_config():
+    """The :data:`NAMES_VECTOR` named vector: self-provided, cosine, a flat index."""
+    from weaviate.classes.config import Configure, VectorDistances  # lazy: see _schema
+
+    return Configure.Vectors.self_provided(
+        name=NAMES_VECTOR, vector_index_config=Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE))
+
+
+def _name_vector_of(obj: Object) -> np.ndarray | None:
+    """The name vector an answer's object carries (asked with ``include_vector``), or None."""
+    vector = (obj.vector or {}).get(NAMES_VECTOR)
+    return None if vector is None else np.asarray(vector, dtype=np.float32)
 
 
 def _writable(objects: Iterable[VectorObject], stored: Mapping[str, int]) -> list[VectorObject]:
@@ -238,15 +263,17 @@ def _score(distance: float) -> float:
     return 1.0 - float(distance)
 
 
-def _hit(obj: Object) -> SearchHit:
+def _hit(obj: Object, query: np.ndarray | None = None) -> SearchHit:
     """The :class:`SearchHit` of one object of a ``near_vector`` answer (asked with
-    ``MetadataQuery(distance=True)``; without a distance it raises ValueError)."""
+    ``MetadataQuery(distance=True)``; without a distance it raises ValueError), with the cosine
+    of ``query`` and the object's name vector when both are there (else 0.0)."""
     if obj.metadata.distance is None:
         raise ValueError("the search answer carries no distance; ask for MetadataQuery(distance=True)")
     props = obj.properties
+    names = name_similarity(query, _name_vector_of(obj)) if query is not None else 0.0
     return SearchHit(id=str(obj.uuid), repo=props["repo"], path=props["path"], chunk_index=int(props["chunk_index"]),
                      start_line=int(props["start_line"]), end_line=int(props["end_line"]), content=props["content"],
-                     language=props["language"], score=_score(obj.metadata.distance))
+                     language=props["language"], score=_score(obj.metadata.distance), name_score=names)
 
 
 def _lexical_hit(obj: Object) -> SearchHit:
@@ -271,7 +298,9 @@ def _export_row(obj: Object, with_vectors: bool) -> dict:
     """One row of ``export``: :data:`EXPORT_FIELDS` (and ``vector``, a list of floats)."""
     row: dict[str, Any] = {"id": str(obj.uuid)}
     for name in EXPORT_FIELDS[1:]:
-        value = obj.properties[name]
+        value = obj.properties.get(name)
+        if name == "names_sha256":
+            value = value or ""  # an object written before name vectors has none
         row[name] = int(value) if name in _INT_FIELDS else value
     if with_vectors:
         row["vector"] = [float(x) for x in obj.vector[VECTOR_NAME]]
@@ -329,6 +358,7 @@ class WeaviateStore:
         self._api_key = api_key
         self._client: WeaviateClient | None = None
         self._handle: Collection | None = None
+        self._names: bool | None = None  # whether the collection has NAMES_VECTOR; None: not read yet
         self._lock = threading.Lock()
 
     # --- connection and errors ----------------------------------------------------------------
@@ -404,16 +434,34 @@ class WeaviateStore:
         vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)))``
         (weaviate-client v4 docs: "Manage collections", "Vectorizer and vector index config").
         Weaviate takes a vector index's dimension from its first vector and rejects vectors of
-        another length, so ``dimension`` (> 0) is not declared. A collection made before the
-        lexical index gets its ``terms`` property (``collection.config.add_property``). Raises
+        another length, so ``dimension`` (> 0) is not declared. The collection has two named
+        vectors: :data:`VECTOR_NAME` (HNSW) and :data:`NAMES_VECTOR` (flat, never searched). A
+        collection made before the lexical index gets its ``terms`` property
+        (``collection.config.add_property``), one made before name vectors its
+        :data:`NAMES_VECTOR` (``collection.config.add_vector``; a server too old to add a vector
+        to a collection keeps it without, and its objects rank by their vector alone). Raises
         StoreError.
         """
         if dimension <= 0:
             raise ValueError(f"dimension must be positive, got {dimension}")
         if (handle := self._open()) is not None:
+            from weaviate.exceptions import WeaviateBaseError  # lazy: see _schema
+
             with self._failing("add the terms property"):
-                if TERMS not in {prop.name for prop in handle.config.get().properties}:
+                config = handle.config.get()
+                known = {prop.name for prop in config.properties}
+                if TERMS not in known:
                     handle.config.add_property(_terms_property())
+                if "names_sha256" not in known:
+                    handle.config.add_property(next(p for p in _schema() if p.name == "names_sha256"))
+                self._names = NAMES_VECTOR in (config.vector_config or {})
+                if not self._names:
+                    try:
+                        handle.config.add_vector(vector_config=_names_vector_config())
+                        self._names = True
+                    except WeaviateBaseError as exc:
+                        log.warning("Weaviate collection %s: cannot add the %s vector (%s); its objects rank by "
+                                    "their vector alone", self.class_name, NAMES_VECTOR, exc)
             return
         from weaviate.classes.config import Configure, VectorDistances  # lazy: see _schema
         from weaviate.exceptions import WeaviateBaseError  # lazy: see _schema
@@ -426,7 +474,8 @@ class WeaviateStore:
                     vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE))
                 tenancy = Configure.multi_tenancy(enabled=True) if self.tenant else None
                 try:
-                    client.collections.create(self.class_name, properties=_schema(), vector_config=vectors,
+                    client.collections.create(self.class_name, properties=_schema(),
+                                              vector_config=[vectors, _names_vector_config()],
                                               multi_tenancy_config=tenancy)
                 except WeaviateBaseError:
                     if not client.collections.exists(self.class_name):
@@ -460,15 +509,22 @@ class WeaviateStore:
         handle = self._require()
         written = 0
         with self._failing(f"upsert of {len(objects)} objects"):
+            names = self._has_names(handle)
             todo = _writable(objects, self._stored_fences(handle, list(dict.fromkeys(_uuid(o.id) for o in objects))))
             for batch in _chunks(todo, INSERT_BATCH):
-                result = handle.data.insert_many([_data_object(obj) for obj in batch])
+                result = handle.data.insert_many([_data_object(obj, names) for obj in batch])
                 if result.errors:
                     first = next(iter(result.errors.values())).message
                     raise StoreError(f"Weaviate upsert into {self.class_name}: {len(result.errors)} of {len(batch)} "
                                      f"objects failed ({written} written before); first error: {first}")
                 written += len(batch)
         return written
+
+    def _has_names(self, handle: Collection) -> bool:
+        """Whether the collection has the :data:`NAMES_VECTOR` (its configuration read once)."""
+        if self._names is None:
+            self._names = NAMES_VECTOR in (handle.config.get().vector_config or {})
+        return self._names
 
     def _stored_fences(self, handle: Collection, ids: Sequence[str]) -> dict[str, int]:
         """``{id: fence}`` of the stored objects among ``ids`` (canonical ids)."""
@@ -566,9 +622,10 @@ class WeaviateStore:
             for obj in handle.iterator(include_vector=True, return_properties=list(_PROPERTIES), cache_size=PAGE):
                 props = obj.properties
                 if props["repo"] == repo:
-                    yield VectorObject(id=str(obj.uuid), **{n: int(props[n]) if n in _INT_FIELDS else props[n]
+                    yield VectorObject(id=str(obj.uuid), **{n: int(props[n]) if n in _INT_FIELDS else props.get(n) or ""
                                                             for n in _PROPERTIES},
-                                       vector=np.asarray(obj.vector[VECTOR_NAME], dtype=np.float32))
+                                       vector=np.asarray(obj.vector[VECTOR_NAME], dtype=np.float32),
+                                       name_vector=_name_vector_of(obj))
 
     def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
         """Nothing to do: Weaviate compacts its segments itself, in the background, and keeps
@@ -588,6 +645,7 @@ class WeaviateStore:
                     if tenants.exists(self.tenant):
                         tenants.remove([self.tenant])
         self._handle = None
+        self._names = None
 
     def search(self, vector: np.ndarray, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         """The ``k`` objects nearest to ``vector`` (cosine) among those ``filters`` admits, best
@@ -603,12 +661,14 @@ class WeaviateStore:
             return []
         from weaviate.classes.query import MetadataQuery  # lazy: see _schema
 
+        query = np.asarray(vector, dtype=np.float32)
         with self._failing("search"):
             answer = handle.query.near_vector(
-                near_vector=np.asarray(vector, dtype=np.float32).tolist(), limit=k,
+                near_vector=query.tolist(), limit=k,
                 filters=_search_filter(filters), target_vector=VECTOR_NAME,
+                include_vector=[NAMES_VECTOR] if self._has_names(handle) else False,
                 return_metadata=MetadataQuery(distance=True), return_properties=list(_HIT_PROPERTIES))
-        return [_hit(obj) for obj in answer.objects if _admits(filters, obj)]
+        return [_hit(obj, query) for obj in answer.objects if _admits(filters, obj)]
 
     def lexical_search(self, terms: str, k: int, filters: SearchFilter | None = None) -> list[SearchHit]:
         """The ``k`` objects whose ``terms`` best match ``terms`` (Weaviate's BM25) among those

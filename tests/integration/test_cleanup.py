@@ -168,13 +168,18 @@ def test_embedding_gc_removes_exactly_the_unreferenced(small_repo: Path, home: P
     cache.put_many("another-model", {"ab" * 32: np.zeros(4, dtype=np.float32)})
     referenced = referenced_keys(rt.vector_store(rt.settings.collection).export())
     expected = {f"{m}/{h}" for m, h in set(cache.keys()) - referenced}
-    assert len(expected) == 3  # the two replaced chunks and the other model's entry
+    # The two replaced chunks, the names they defined (f1, f2: their name vectors' texts) and
+    # the other model's entry; h1 and h2's names are referenced by the new objects.
+    assert len(expected) == 5
 
     assert set(run(rt, "embeddings", dry_run=True)["embeddings"].removed) == expected
     assert set(run(rt, "embeddings")["embeddings"].removed) == expected
     assert set(cache.keys()) == referenced
+    objects = rt.vector_store(rt.settings.collection).count()
+    assert len(referenced) == 2 * objects  # each chunk defines one function: its text and its names
     summary = sync(small_repo, "all", reindex=True)  # every chunk written again: all from the cache
-    assert summary["errors"] == 0 and summary["chunks_embedded"] == 0 and summary["chunks_reused"] == len(referenced)
+    assert summary["errors"] == 0 and summary["chunks_embedded"] == 0 and summary["chunks_reused"] == objects
+    assert set(cache.keys()) == referenced  # no names text embedded again either
 
 
 def test_embedding_gc_refuses_while_a_store_lost_objects(small_repo: Path, home: Path) -> None:

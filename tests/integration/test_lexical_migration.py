@@ -1,6 +1,7 @@
 """A LanceDB table written before the lexical index existed (no ``terms`` column, no full-text
-index) is migrated when opened for a lexical search or a sync: the column is filled from each
-row's path and content, the index built, and no other column (vectors, fences) changes."""
+index, no name vectors) is migrated when opened for a lexical search or a sync: the column is
+filled from each row's path and content, the index built, the name vectors' column added (null:
+never computed), and no other column (vectors, fences) changes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexing.lance_store import TERMS, LanceDBStore
+from indexing.lance_store import NAME_VECTOR, TERMS, LanceDBStore
 from indexing.lexical import document_terms, query_terms
 from indexing.store import SearchFilter
 
@@ -53,5 +54,10 @@ def test_a_table_from_before_the_lexical_index_is_migrated_on_first_use(tmp_path
     assert after.column(TERMS).to_pylist() == [document_terms(p, c) for p, c in
                                                zip(before.column("path").to_pylist(), before.column("content").to_pylist())]
     assert [i.index_type for i in table.list_indices()] == ["FTS"]
+    # The name vectors' column is added too, null in every row: never computed, those rows rank
+    # by their vector alone (name_score 0) until their files are indexed again.
+    assert after.column(NAME_VECTOR).null_count == 2500
+    nearest = store.search(before.column("vector")[7].values.to_numpy(), 1)
+    assert nearest[0].id == "id-00007" and nearest[0].name_score == 0.0
     LanceDBStore(uri, "codeindex").ensure_collection(8)  # once migrated, nothing more to do
     assert table.version == lancedb.connect(str(uri)).open_table("codeindex").version

@@ -155,16 +155,21 @@ def direction(degrees: float) -> np.ndarray:
     return vector
 
 
+_AT = object()
+
+
 def obj(collection: str, i: int, *, repo: str = "alpha", path: str = "a.py", fence: int = 1,
-        content: str | None = None, vector: np.ndarray | None = None) -> VectorObject:
+        content: str | None = None, vector: np.ndarray | None = None, name_vector=_AT) -> VectorObject:
     """Chunk ``i`` of ``path`` in ``repo``, with an id as the sync makes it (a uuid5: Weaviate's
-    ids must be UUIDs); its vector points at ``i`` degrees unless given."""
+    ids must be UUIDs); its vector points at ``i`` degrees unless given, its name vector at
+    ``90 + i`` degrees unless given (None: never computed)."""
     return VectorObject(
         id=object_id(collection, repo, path, i), repo=repo, path=path, chunk_index=i, start_line=10 * i + 1,
         end_line=10 * i + 9, content=content if content is not None else f"{repo}:{path}#{i} fence {fence}",
         language="python", content_sha256=hashlib.sha256(f"{repo}{path}{i}{content}".encode()).hexdigest(),
         commit=f"commit-{fence}", indexed_at="2024-05-01T00:00:00Z", embedding_model="test-model", fence=fence,
-        vector=direction(i) if vector is None else vector)
+        vector=direction(i) if vector is None else vector,
+        name_vector=direction(90 + i) if name_vector is _AT else name_vector)
 
 
 def contents(store: VectorStore, repo: str = "alpha") -> dict[str, str]:
@@ -298,6 +303,34 @@ def test_inventory_yields_every_object_of_one_repo(store: VectorStore, two_repos
     assert sorted(store.inventory("alpha"), key=lambda c: c.id) == sorted(expected, key=lambda c: c.id)
     assert {c.id for c in store.inventory("beta")} == {o.id for o in two_repos["beta"]}
     assert list(store.inventory("gamma")) == []
+
+
+def test_name_vectors_are_stored_read_back_and_scored_by_search(backend: Backend, store: VectorStore):
+    store.ensure_collection(DIMENSION)
+    named_like_query = obj(backend.collection, 10, name_vector=direction(0))
+    named_away = obj(backend.collection, 5, name_vector=direction(90))
+    defines_nothing = obj(backend.collection, 20, name_vector=np.zeros(DIMENSION, dtype=np.float32))
+    never_computed = obj(backend.collection, 15, name_vector=None)
+    store.upsert([named_like_query, named_away, defines_nothing, never_computed])
+    hits = store.search(direction(0), 4)
+    # The search ranks by the chunk's vector; each hit carries the cosine of its name vector.
+    assert [h.id for h in hits] == [named_away.id, named_like_query.id, never_computed.id, defines_nothing.id]
+    scores = {h.id: h.name_score for h in hits}
+    assert scores[named_like_query.id] == pytest.approx(1.0, abs=1e-5)
+    assert scores[named_away.id] == pytest.approx(0.0, abs=1e-5)
+    assert scores[defines_nothing.id] == 0.0 and scores[never_computed.id] == 0.0
+    read = {o.id: o.name_vector for o in store.objects("alpha")}
+    assert np.allclose(read[named_like_query.id], direction(0)) and np.allclose(read[named_away.id], direction(90))
+    if backend.name.startswith("lancedb"):
+        # LanceDB tells a chunk that defines nothing from one whose names were never computed.
+        assert np.array_equal(read[defines_nothing.id], np.zeros(DIMENSION, dtype=np.float32))
+        assert read[never_computed.id] is None
+        assert {c.id: c.named for c in store.inventory("alpha")} == {
+            named_like_query.id: True, named_away.id: True, defines_nothing.id: True, never_computed.id: False}
+    # A later upsert with the name vector computed replaces the null.
+    store.upsert([obj(backend.collection, 15, name_vector=direction(0))])
+    assert {h.id: h.name_score for h in store.search(direction(15), 1)}[never_computed.id] == pytest.approx(
+        math.cos(math.radians(15)), abs=1e-5)
 
 
 def test_count_per_repo_and_overall(store: VectorStore, two_repos):

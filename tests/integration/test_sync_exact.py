@@ -10,14 +10,27 @@ import uuid
 from pathlib import Path
 
 import kombu
+import numpy as np
 import pytest
 
 from indexing.changes import parse_json_changes, parse_lines, parse_nul
 from tests.conftest import export_index, git, sync
 
 
-def fresh_full_index(root: Path, workdir: Path, repo_id: str = "repo") -> list[dict]:
-    """Index a clean clone of ``root``'s HEAD in a new home; return its export."""
+def name_vectors(repo_id: str = "repo") -> dict[str, bytes | None]:
+    """Each object's name vector (its bytes; None: never computed) in the current index."""
+    from config.settings import get_settings
+    from workers.runtime import runtime
+
+    store = runtime().vector_store(get_settings().collection)
+    return {o.id: None if o.name_vector is None else np.asarray(o.name_vector, dtype=np.float32).tobytes()
+            for o in store.objects(repo_id)}
+
+
+def fresh_full_index(root: Path, workdir: Path, repo_id: str = "repo",
+                     names: dict | None = None) -> list[dict]:
+    """Index a clean clone of ``root``'s HEAD in a new home; return its export (and put its
+    objects' name vectors into ``names``)."""
     from config.settings import configure, get_settings
     from workers import runtime
 
@@ -29,6 +42,8 @@ def fresh_full_index(root: Path, workdir: Path, repo_id: str = "repo") -> list[d
     try:
         summary = sync(clone, "all", repo_id=repo_id)
         assert summary["errors"] == 0
+        if names is not None:
+            names.update(name_vectors(repo_id))
         return export_index()
     finally:
         configure(home=before.home, embedder=before.embedder)
@@ -37,9 +52,15 @@ def fresh_full_index(root: Path, workdir: Path, repo_id: str = "repo") -> list[d
 
 def assert_exact(root: Path, workdir: Path) -> list[dict]:
     current = export_index()
-    fresh = fresh_full_index(root, workdir)
+    fresh_names: dict = {}
+    fresh = fresh_full_index(root, workdir, names=fresh_names)
     assert [o["id"] for o in current] == [o["id"] for o in fresh]
     assert current == fresh
+    # Each object's name vector is the one a fresh index gives it (a renamed or edited function
+    # changes its chunk's names; nothing is left never computed).
+    current_names = name_vectors()
+    assert None not in current_names.values()
+    assert current_names == fresh_names
     assert_lexical_exact()
     return current
 

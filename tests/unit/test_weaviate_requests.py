@@ -111,11 +111,12 @@ def test_constructing_a_store_does_not_import_weaviate() -> None:
 
 # --- objects and schema ------------------------------------------------------------------------
 
-def test_properties_are_every_field_but_id_and_vector() -> None:
+def test_properties_are_every_field_but_id_and_the_vectors() -> None:
     obj = _object(3, fence=7)
     props = ws._properties(obj)
     assert set(props) == {"repo", "path", "chunk_index", "start_line", "end_line", "content", "language",
-                          "content_sha256", "commit", "indexed_at", "embedding_model", "fence", "terms"}
+                          "content_sha256", "commit", "indexed_at", "embedding_model", "fence", "names_sha256",
+                          "terms"}
     assert props["terms"] == document_terms(obj.path, obj.content) and "defines.f3" in props["terms"].split()
     assert props["fence"] == 7 and props["chunk_index"] == 3 and props["content"] == obj.content
     assert all(type(props[name]) is int for name in ("chunk_index", "start_line", "end_line", "fence"))
@@ -127,6 +128,25 @@ def test_the_data_object_carries_the_id_and_a_list_vector() -> None:
     assert data.uuid == obj.id.lower() and data.properties == ws._properties(obj)
     assert list(data.vector) == [ws.VECTOR_NAME] and type(data.vector[ws.VECTOR_NAME]) is list
     assert data.vector[ws.VECTOR_NAME] == [0.0, 0.5, 0.0, 0.0]
+
+
+def test_the_data_object_carries_a_non_zero_name_vector_under_its_own_name() -> None:
+    named = replace(_object(1), name_vector=np.array([0.0, 0.0, 0.6, 0.8], dtype=np.float32))
+    data = ws._data_object(named)
+    assert set(data.vector) == {ws.VECTOR_NAME, ws.NAMES_VECTOR}
+    assert type(data.vector[ws.NAMES_VECTOR]) is list and data.vector[ws.NAMES_VECTOR] == pytest.approx([0, 0, 0.6, 0.8])
+    # A chunk that defines nothing (zeros), one never computed (None), or a collection without
+    # the names vector: the chunk vector alone.
+    for obj, with_names in ((replace(named, name_vector=np.zeros(4, dtype=np.float32)), True),
+                            (replace(named, name_vector=None), True), (named, False)):
+        assert list(ws._data_object(obj, with_names).vector) == [ws.VECTOR_NAME]
+
+
+def test_the_names_vector_is_self_provided_cosine_and_flat() -> None:
+    config = ws._names_vector_config()
+    assert config.name == ws.NAMES_VECTOR
+    index = config.vectorIndexConfig
+    assert index.vector_index_type().value == "flat" and index.distance.value == "cosine"
 
 
 def test_properties_come_back_as_export_rows_and_stored_chunks() -> None:
@@ -221,6 +241,11 @@ def test_a_hit_is_built_from_the_query_object() -> None:
         language="python", score=0.875)
     with pytest.raises(ValueError, match="distance"):
         ws._hit(_as_stored(obj))
+    # With the query, the hit carries the cosine of the query and the returned name vector.
+    stored = _as_stored(obj, distance=0.125)
+    stored.vector[ws.NAMES_VECTOR] = [0.0, 0.0, 0.6, 0.8]
+    assert ws._hit(stored, np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)).name_score == pytest.approx(0.6)
+    assert ws._hit(_as_stored(obj, distance=0.125), np.ones(4, dtype=np.float32)).name_score == 0.0
 
 
 # --- failures ----------------------------------------------------------------------------------
