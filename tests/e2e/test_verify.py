@@ -80,3 +80,23 @@ def test_missing_extra_and_corrupt_objects_are_listed_and_repaired(repo: Path, t
     assert code == 0 and report["ok"], report
     assert run(repo, "sync", "--all").returncode == 0
     assert_exact(repo, tmp_path)
+
+
+def test_an_index_from_before_name_vectors_searches_verifies_unnamed_and_repair_computes_them(
+        repo: Path, tmp_path: Path) -> None:
+    lance = table(repo)
+    lance.drop_columns(["name_vector", "names_sha256"])  # the table as an older codeindex wrote it
+    stored = lance.count_rows()
+    # Search works on it as before (each chunk ranked by its vector alone)...
+    proc = run(repo, "search", "--json", "-k", "3", "publish a message to an exchange")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 3, proc.stderr.decode()
+    # ... and verify names every object whose name vector was never computed.
+    code, report = verify_json(repo)
+    found = report["repositories"][0]
+    assert code == 1 and not found["ok"] and not (found["missing"] or found["extra"] or found["corrupt"])
+    assert sum(len(v) for v in found["unnamed"].values()) == stored
+    assert "[NO NAME VECTOR]" in run(repo, "verify").stdout.decode()
+    code, report = verify_json(repo, "--repair")
+    assert code == 0 and report["ok"] and report["repaired_runs"], report
+    assert table(repo).to_arrow().column("name_vector").null_count == 0
+    assert_exact(repo, tmp_path)  # the export's names_sha256 included: the names a fresh index computes

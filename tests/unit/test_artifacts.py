@@ -27,10 +27,13 @@ COLLECTION = CollectionMeta("codeindex", "feature-hashing-v1-4", 4, "cosine")
 
 
 def _obj(path: str, index: int, text: str, fence: int = 1) -> VectorObject:
+    # Name vectors of every kind: computed, zeros (defines nothing), None (never computed).
+    name_vector = [np.array([0, 1, 0, len(text)], dtype=np.float32), np.zeros(4, dtype=np.float32), None][len(text) % 3]
     return VectorObject(id=f"{path}#{index}", repo="r", path=path, chunk_index=index, start_line=1, end_line=2,
                         content=text, language="python", content_sha256=text, commit="c", indexed_at="t",
                         embedding_model=COLLECTION.embedding_model, fence=fence,
-                        vector=np.full(4, float(len(text)), dtype=np.float32))
+                        vector=np.full(4, float(len(text)), dtype=np.float32), name_vector=name_vector,
+                        names_sha256="n" + text if name_vector is not None and name_vector.any() else "")
 
 
 def _snapshot(files: dict[str, list[str]], commit: str = "c" * 40) -> Snapshot:
@@ -84,6 +87,12 @@ def test_archive_round_trip_and_a_member_changed_after_the_manifest_is_refused(t
     back = read_snapshot(found, read_meta(found))
     assert sorted(back.objects) == sorted(snap.objects) and back.files == snap.files
     assert all((back.objects[i].vector == o.vector).all() for i, o in snap.objects.items())
+    # The name vectors travel as they were: a vector, zeros, or None (never computed).
+    for i, o in snap.objects.items():
+        got = back.objects[i]
+        assert got.names_sha256 == o.names_sha256
+        assert (got.name_vector is None) if o.name_vector is None else np.array_equal(got.name_vector, o.name_vector)
+    assert {type(o.name_vector).__name__ for o in back.objects.values()} == {"ndarray", "NoneType"}
 
     tampered = {**members, "state.json": members["state.json"].replace(b'"main"', b'"evil"')}
     write_archive(tampered, archive, compression=compression)
@@ -186,3 +195,21 @@ def test_retention_days_by_branch_and_promotion() -> None:
     assert policy.expires(replace(record, branch="pr-12")) == datetime(2026, 1, 8, tzinfo=timezone.utc)
     promoted = replace(record, promoted_at="2026-02-01T00:00:00+00:00")
     assert promoted.promoted and policy.expires(promoted) == datetime(2027, 2, 1, tzinfo=timezone.utc)
+
+
+def test_an_artifact_packed_before_name_vectors_reads_with_none(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    snap = _snapshot({"a.py": ["x", "yy"], "b.py": ["zzz"]})
+    members = members_of(_meta(snap), snap)
+    old = pa.ipc.open_file(pa.BufferReader(members["vectors.arrow"])).read_all().drop_columns(
+        ["name_vector", "names_sha256"])
+    paths = {}
+    for name, data in members.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    with pa.OSFile(str(paths["vectors.arrow"]), "wb") as sink, pa.ipc.new_file(sink, old.schema) as writer:
+        writer.write_table(old)
+    back = read_snapshot(paths, read_meta(paths))
+    assert sorted(back.objects) == sorted(snap.objects)
+    assert all(o.name_vector is None and o.names_sha256 == "" for o in back.objects.values())
