@@ -255,10 +255,11 @@ class LanceDBStore:
         self._ensure_lexical()
 
     def _ensure_name_vectors(self) -> None:
-        """Give a table written before name vectors existed its :data:`NAME_VECTOR` column, null
-        in every row, and its ``names_sha256`` column, "" in every row (those rows rank by their vector alone until a sync indexes their files
-        again; ``codeindex verify`` counts them). Under the write lock; a no-op (one look at the schema)
-        once the column exists. Raises StoreError when LanceDB fails."""
+        """Give a table written before name vectors existed its :data:`NAME_VECTOR` column (null in
+        every row: never computed) and its ``names_sha256`` column ("" in every row). Those rows
+        rank by their vector alone until their files are indexed again; ``codeindex verify``
+        lists them and ``--repair`` indexes them. Under the write lock; a no-op (one look at the
+        schema) once both columns exist. Raises StoreError when LanceDB fails."""
         table = self._require()
         if NAME_VECTOR in table.schema.names and "names_sha256" in table.schema.names:
             return
@@ -370,8 +371,8 @@ class LanceDBStore:
                                   all(np.isfinite(o.name_vector).all() for o in objects if o.name_vector is not None)):
             raise StoreError(f"upsert of {len(objects)} objects into {self.collection}: a vector holds NaN or infinity")
         data = pa.Table.from_pydict(columns, schema=self._schema(dimension))
-        if (table := self._open()) is not None and NAME_VECTOR not in table.schema.names:
-            self._ensure_name_vectors()
+        if self._open() is not None:
+            self._ensure_name_vectors()  # a table from before them gets its columns first
         try:
             with self._writing() as table:
                 if unknown_names and table.schema.field("vector").type.list_size != dimension:
