@@ -160,7 +160,7 @@ def test_search_status_export(repo: Path) -> None:
     objects = [json.loads(line) for line in lines]
     assert [o["id"] for o in objects] == sorted(o["id"] for o in objects)
     assert set(objects[0]) == {"id", "repo", "path", "chunk_index", "start_line", "end_line", "content_sha256",
-                               "embedding_model"}
+                               "embedding_model", "names_sha256"}
     with_vectors = json.loads(out(run(repo, "export", "--vectors")).splitlines()[0])
     assert len(with_vectors["vector"]) == 384
 
