@@ -63,7 +63,7 @@ from indexing.ids import object_id, sha256_hex  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from indexing.lance_store import LanceDBStore  # noqa: E402
 from indexing.languages import language_of  # noqa: E402
-from indexing.names import names_text  # noqa: E402
+from indexing.names import Definitions  # noqa: E402
 from indexing.search import SearchMode, search  # noqa: E402
 from indexing.store import VectorObject  # noqa: E402
 
@@ -359,8 +359,8 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str, nam
         rel = f"{roots.index(root)}/{path.relative_to(root).as_posix()}"  # unique across the roots
         chunks = chunk_text(text, hashing.max_tokens, hashing.count_tokens, "python")
         vectors = hashing.embed([c.text for c in chunks]) if chunks else []
-        lines = text.split("\n")
-        named = [names_text(lines, c.start_line, c.end_line) for c in chunks]
+        definitions = Definitions(text.split("\n"))
+        named = [definitions.text(c.start_line, c.end_line) for c in chunks]
         name_vectors = dict(zip([n for n in named if n], hashing.embed([n for n in named if n]))) if any(named) else {}
         for c, v, n in zip(chunks, vectors, named):
             pending.append(VectorObject(

@@ -17,6 +17,7 @@ vectors and with no second table.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 
@@ -43,42 +44,59 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def enclosing_class(lines: Sequence[str], at: int) -> str | None:
-    """The name of the class whose body holds ``lines[at]`` (0-based), found by indentation
-    (walking up to the first less indented line that opens a class); None at module level."""
-    indent = _indent(lines[at])
-    for i in range(at - 1, -1, -1):
-        if not lines[i].strip():
-            continue
-        here = _indent(lines[i])
-        if here < indent:
-            if (m := _CLASS.match(lines[i])):
-                return m.group(1)
-            if here == 0:
-                return None
-            indent = here
-    return None
+class Definitions:
+    """The definitions of one file, found in one pass over its lines (linear in the file: a
+    2 MB file of 50,000 lines takes as long as reading it).
+
+    Each definition is named as words after its enclosing class: the nearest less indented
+    line above it, then that line's, and so on, until one opens a class (its name) or one at
+    indentation 0 does not (no class). ``Context.get_current_context`` ->
+    ``context: get current context``.
+    """
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines: list[int] = []  # 0-based line numbers of the definitions, ascending
+        self.names: list[str] = []
+        ancestors: list[tuple[int, str | None]] = []  # (indent, class name or None), indents ascending
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            indent = _indent(line)
+            while ancestors and ancestors[-1][0] >= indent:
+                ancestors.pop()
+            if (m := _DEF_NAME.match(line)) and (name := words(m.group(1))):
+                owner = None
+                for above, cls in reversed(ancestors):
+                    if cls is not None or above == 0:
+                        owner = cls
+                        break
+                self.lines.append(i)
+                self.names.append(f"{words(owner)}: {name}" if owner and words(owner) else name)
+            cls_match = _CLASS.match(line)
+            ancestors.append((indent, cls_match.group(1) if cls_match else None))
+
+    def within(self, start_line: int, end_line: int) -> list[str]:
+        """The definitions in lines ``start_line``..``end_line`` (1-based, inclusive), in file
+        order, at most :data:`MAX_NAMES`."""
+        first = bisect.bisect_left(self.lines, start_line - 1)
+        last = bisect.bisect_right(self.lines, end_line - 1)
+        return self.names[first:min(last, first + MAX_NAMES)]
+
+    def text(self, start_line: int, end_line: int) -> str | None:
+        """The text a chunk's name vector embeds (:meth:`within` joined by :data:`SEPARATOR`),
+        or None when the chunk defines nothing."""
+        names = self.within(start_line, end_line)
+        return SEPARATOR.join(names) if names else None
 
 
 def definition_names(lines: Sequence[str], start_line: int, end_line: int) -> list[str]:
     """The definitions in lines ``start_line``..``end_line`` (1-based, inclusive) of a file whose
-    lines are ``lines``, each as words after its enclosing class's: ``Context.get_current_context``
-    -> ``context: get current context``. At most :data:`MAX_NAMES`, in file order."""
-    found: list[str] = []
-    for i in range(max(0, start_line - 1), min(end_line, len(lines))):
-        if (m := _DEF_NAME.match(lines[i])):
-            name = words(m.group(1))
-            if not name:
-                continue
-            owner = enclosing_class(lines, i)
-            found.append(f"{words(owner)}: {name}" if owner and words(owner) else name)
-            if len(found) == MAX_NAMES:
-                break
-    return found
+    lines are ``lines`` (:meth:`Definitions.within`; for many chunks of one file, make one
+    :class:`Definitions`)."""
+    return Definitions(lines).within(start_line, end_line)
 
 
 def names_text(lines: Sequence[str], start_line: int, end_line: int) -> str | None:
-    """The text a chunk's name vector embeds (:func:`definition_names` joined by
-    :data:`SEPARATOR`), or None when the chunk defines nothing."""
-    names = definition_names(lines, start_line, end_line)
-    return SEPARATOR.join(names) if names else None
+    """The text a chunk's name vector embeds, or None when the chunk defines nothing
+    (:meth:`Definitions.text`)."""
+    return Definitions(lines).text(start_line, end_line)

@@ -44,7 +44,7 @@ from indexing.languages import language_of
 from indexing.messages import (
     Action, BatchJob, CommitJob, FileResult, PlannedFile, RunContext, SyncRequest, SyncSummary,
 )
-from indexing.names import names_text
+from indexing.names import Definitions
 from indexing.paths import printable
 from indexing.scanner import FileFilter, decode
 from indexing.state import CollectionMeta, FileState, RepoRecord, RunRecord, RunStatus, StateStore, utcnow
@@ -552,10 +552,10 @@ def index_batch(job: BatchJob, store: VectorStore, cache: EmbeddingCache, embedd
                             linked=linked)
         results.append(result)
         hashes = [sha256_hex(c.text.encode("utf-8", "surrogatepass")) for c in chunks]
-        lines = text.text.split("\n")
+        definitions = Definitions(text.text.split("\n"))
         names: list[str | None] = []
         for chunk in chunks:
-            named = names_text(lines, chunk.start_line, chunk.end_line)
+            named = definitions.text(chunk.start_line, chunk.end_line)
             key = sha256_hex(named.encode("utf-8", "surrogatepass")) if named else None
             if key:
                 name_texts[key] = named

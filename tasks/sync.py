@@ -48,10 +48,12 @@ def commit(self, results: list[list[dict]], job: dict) -> dict:
     return finish_sync(work, flat, runtime()).model_dump(mode="json")
 
 
-@codeindex_task("codeindex.sync.fail", kind=TaskKind.CALLBACK)
-def fail(self, request, exc, traceback, run_id: str) -> None:
-    """Chord error callback: the run is marked failed and the state left as it was, so the
-    next sync redoes exactly the missing work."""
+@codeindex_task("codeindex.sync.fail", kind=TaskKind.CALLBACK, bind=False)
+def fail(request, exc, traceback, run_id: str) -> None:
+    """Chord error callback, called by Celery with the failed task's ``request``, ``exc`` and
+    ``traceback`` in the process that saw the failure (not bound: see ``codeindex_task``): the
+    run is marked failed and the state left as it was, so the next sync redoes exactly the
+    missing work."""
     mark_run_failed(runtime(), run_id, f"{type(exc).__name__}: {exc}")
 
 

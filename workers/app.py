@@ -102,11 +102,14 @@ class CodeindexTask(Task):
             log.error("task %s[%s] failed: %s: %s", self.name, task_id, type(exc).__name__, exc)
 
 
-def codeindex_task(name: str, *, kind: TaskKind):
+def codeindex_task(name: str, *, kind: TaskKind, bind: bool = True):
     """Declare a codeindex task: ``name`` is its stable name (shown in Flower), ``kind`` its row
-    in the task-kind table, which sets its queue, retries, limits and acknowledgement."""
+    in the task-kind table, which sets its queue, retries, limits and acknowledgement. The
+    function gets the task as its first argument (``bind``), except an error callback: Celery
+    calls an errback ``(request, exc, traceback)`` only when it is not bound, and sends a bound
+    one as a task with the failed task's id alone (``celery.backends.base._call_task_errbacks``)."""
     policy = task_policy(kind, get_settings())
-    return app.task(name=name, base=CodeindexTask, bind=True, kind=kind, policy=policy,
+    return app.task(name=name, base=CodeindexTask, bind=bind, kind=kind, policy=policy,
                     max_retries=policy.max_retries, retry_backoff_max=policy.retry_backoff_max,
                     time_limit=policy.time_limit, soft_time_limit=policy.soft_time_limit,
                     acks_late=policy.acks_late, reject_on_worker_lost=policy.acks_late)

@@ -269,3 +269,30 @@ def test_header_task_that_fails_leaves_state_unadvanced_and_replay_completes(fle
     assert summary["errors"] == 0
     assert fleet.state().get_repo(root.name).last_commit == git(root, "rev-parse", "HEAD").strip()
     assert_index_exact(fleet, root, tmp_path)
+
+
+def test_a_waiting_sync_whose_header_task_fails_reports_the_failure_and_its_errback_runs(fleet, tmp_path: Path) -> None:
+    """The chord's error callback (``codeindex.sync.fail``) is called the way Celery calls a
+    new-style errback, ``(request, exc, traceback)``: declared bound, Celery sent it as an
+    old-style task with the task id alone, it failed with a TypeError, and a CLI waiting on the
+    sync reported that TypeError as a bug (exit 5) instead of the failure (a 2 MB file's batch
+    past its soft time limit showed it)."""
+    quick = {"CODEINDEX_MAX_RETRIES": "0"}
+    fleet.start_worker("a", extra_env=quick, permissions=True)
+    root = make_repo(tmp_path, "waiting", 10, 20)
+    fleet.sync(root, "--all")
+    edit_some(root, 4, "waiting")
+    store_writes_refused(fleet, True)
+    try:
+        proc = fleet.cli("sync", "--root", str(root), "--repo", root.name, "--detect-changes", check=False,
+                         timeout=120)
+    finally:
+        store_writes_refused(fleet, False)
+    assert proc.returncode == 4, (proc.returncode, proc.stderr)
+    assert "the sync failed" in proc.stderr and "TypeError" not in proc.stderr, proc.stderr
+    # The errback ran and marked the run failed; nothing of it raised.
+    logs = (fleet.logs / "worker-a.log").read_text(errors="replace")
+    assert "missing 2 required positional arguments" not in logs
+    assert "Errback 'codeindex.sync.fail' raised" not in logs
+    run = next(r for r in fleet.state().list_runs() if r.repo_id == root.name)
+    assert run.status == "failed" and run.message, run

@@ -3,7 +3,12 @@ vector search by them (indexing/search.py)."""
 
 from __future__ import annotations
 
-from indexing.names import MAX_NAMES, definition_names, names_text, words
+from pathlib import Path
+
+import kombu
+import pytest
+
+from indexing.names import _CLASS, _DEF_NAME, MAX_NAMES, Definitions, definition_names, names_text, words
 from indexing.search import rerank_by_names
 from indexing.store import SearchHit
 
@@ -67,3 +72,38 @@ def test_rerank_adds_the_weighted_name_cosine_and_keeps_the_order_at_weight_zero
     ranked = rerank_by_names(hits, 0.3)
     assert [(h.id, round(s, 3)) for h, s in ranked] == [("definition", 0.97), ("caller", 0.83), ("other", 0.6)]
     assert [h.id for h, s in rerank_by_names(hits, 0.0)] == ["caller", "definition", "other"]
+
+
+def _walk_up(lines: list[str], at: int) -> str | None:
+    """The enclosing class of ``lines[at]`` the slow way (line by line upwards), as the benchmark
+    that chose name vectors computed it: the reference for the one-pass :class:`Definitions`."""
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip())
+
+    level = indent(lines[at])
+    for i in range(at - 1, -1, -1):
+        if not lines[i].strip():
+            continue
+        here = indent(lines[i])
+        if here < level:
+            if (m := _CLASS.match(lines[i])):
+                return m.group(1)
+            if here == 0:
+                return None
+            level = here
+    return None
+
+
+@pytest.mark.parametrize("path", sorted(Path(kombu.__file__).parent.rglob("*.py"))[:40], ids=lambda p: p.name)
+def test_one_pass_finds_what_walking_up_finds_on_real_files(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    expected = []
+    for i, line in enumerate(lines):
+        if (m := _DEF_NAME.match(line)) and words(m.group(1)):
+            owner = _walk_up(lines, i)
+            expected.append(f"{words(owner)}: {words(m.group(1))}" if owner and words(owner) else words(m.group(1)))
+    found = Definitions(lines)
+    assert found.names == expected
+    assert [found.text(c, c + 29) for c in range(1, len(lines), 30)] == [
+        ", ".join(expected_in) or None for expected_in in
+        ([n for n, at in zip(expected, found.lines) if c - 1 <= at <= c + 28][:MAX_NAMES] for c in range(1, len(lines), 30))]
