@@ -260,8 +260,7 @@ class LanceDBStore:
         rank by their vector alone until their files are indexed again; ``codeindex verify``
         lists them and ``--repair`` indexes them. Under the write lock; a no-op (one look at the
         schema) once both columns exist. Raises StoreError when LanceDB fails."""
-        table = self._require()
-        if NAME_VECTOR in table.schema.names and "names_sha256" in table.schema.names:
+        if {NAME_VECTOR, "names_sha256"} <= self._columns():
             return
         import pyarrow as pa  # lazy: see _schema
 
@@ -277,6 +276,14 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot add the name vectors to {self.collection} in {self.uri}: {exc}") from exc
 
+    def _columns(self) -> set[str]:
+        """The table's column names (its latest version); StoreError when it cannot be read or
+        no longer exists (Lance's own errors never escape: tasks retry StoreError only)."""
+        names = self._read("read the schema", lambda table: set(table.schema.names), None)
+        if names is None:
+            raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
+        return names
+
     def _fts_index(self, table):
         """The full-text index on :data:`TERMS`, or None."""
         return next((i for i in table.list_indices() if i.index_type == "FTS" and TERMS in i.columns), None)
@@ -288,8 +295,7 @@ class LanceDBStore:
         index. Runs under the write lock, once per table; a no-op afterwards (one look at the schema
         and the index list). Raises StoreError when LanceDB fails (the table is left readable; the
         next call completes the migration)."""
-        table = self._require()
-        if TERMS in table.schema.names and self._fts_index(table) is not None:
+        if TERMS in self._columns() and self._read("list the indexes", self._fts_index, None) is not None:
             return
         import pyarrow as pa  # lazy: see _schema
         from lancedb.index import FTS  # lazy: with LanceDB
@@ -487,8 +493,9 @@ class LanceDBStore:
         return int(self._read("count", lambda table: table.count_rows(f"repo = {_quote(repo)}" if repo else None), 0))
 
     def inventory(self, repo: str) -> Iterator[StoredChunk]:
-        table = self._open()
-        names = [NAME_VECTOR] if table is not None and NAME_VECTOR in table.schema.names else []
+        if self._open() is None:
+            return
+        names = [NAME_VECTOR] if NAME_VECTOR in self._columns() else []
         data = self._scan(["id", "path", "chunk_index", "content", "content_sha256", *names], f"repo = {_quote(repo)}")
         if data is None:
             return
