@@ -5,7 +5,7 @@ is often said best by its name: ``get_current_context`` in a class ``Context`` r
 "context: get current context", which a query such as "Return the current context." is close
 to. Each chunk that defines something (``def``, ``class``, ``function``, ``fn``, ``func`` at the
 start of a line) gets one more embedded text: its definitions' names split into words, each
-after its enclosing class (by indentation), joined by ``", "`` (:func:`names_text`). Search then
+after its enclosing class (by indentation), joined by ``", "`` (:meth:`Definitions.text`). Search then
 re-ranks the nearest chunks by ``cosine(query, chunk) + weight * cosine(query, name vector)``
 (:func:`indexing.search.search`, ``CODEINDEX_SEARCH_NAME_WEIGHT``).
 
@@ -88,15 +88,3 @@ class Definitions:
         names = self.within(start_line, end_line)
         return SEPARATOR.join(names) if names else None
 
-
-def definition_names(lines: Sequence[str], start_line: int, end_line: int) -> list[str]:
-    """The definitions in lines ``start_line``..``end_line`` (1-based, inclusive) of a file whose
-    lines are ``lines`` (:meth:`Definitions.within`; for many chunks of one file, make one
-    :class:`Definitions`)."""
-    return Definitions(lines).within(start_line, end_line)
-
-
-def names_text(lines: Sequence[str], start_line: int, end_line: int) -> str | None:
-    """The text a chunk's name vector embeds, or None when the chunk defines nothing
-    (:meth:`Definitions.text`)."""
-    return Definitions(lines).text(start_line, end_line)

@@ -39,7 +39,7 @@ class VectorObject:
     embedding_model: str
     fence: int
     vector: np.ndarray = field(repr=False)
-    #: The embedding of the names the chunk defines (:func:`indexing.names.names_text`), of the
+    #: The embedding of the names the chunk defines (:meth:`indexing.names.Definitions.text`), of the
     #: vector's dimension; all zeros when it defines nothing; None when it was never computed
     #: (an object written before name vectors existed: it ranks by its vector alone).
     name_vector: np.ndarray | None = field(default=None, repr=False)

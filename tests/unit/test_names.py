@@ -8,7 +8,7 @@ from pathlib import Path
 import kombu
 import pytest
 
-from indexing.names import _CLASS, _DEF_NAME, MAX_NAMES, Definitions, definition_names, names_text, words
+from indexing.names import _CLASS, _DEF_NAME, MAX_NAMES, Definitions, words
 from indexing.search import rerank_by_names
 from indexing.store import SearchHit
 
@@ -45,21 +45,21 @@ def test_identifiers_become_lower_case_words() -> None:
 
 
 def test_each_definition_is_named_after_its_enclosing_class() -> None:
-    assert definition_names(SOURCE, 1, len(SOURCE)) == [
+    assert Definitions(SOURCE).within(1, len(SOURCE)) == [
         "get current context", "http server", "http server: serve forever", "http server: handle request",
         "http server: inner", "private helper"]  # a nested function: the class around its method
 
 
 def test_only_the_chunks_lines_count_and_the_class_is_found_above_them() -> None:
     start = SOURCE.index("    def serve_forever(self):") + 1
-    assert definition_names(SOURCE, start, start + 1) == ["http server: serve forever"]
-    assert names_text(SOURCE, start, start + 3) == "http server: serve forever, http server: handle request"
-    assert names_text(SOURCE, 1, 2) is None  # imports define nothing
+    assert Definitions(SOURCE).within(start, start + 1) == ["http server: serve forever"]
+    assert Definitions(SOURCE).text(start, start + 3) == "http server: serve forever, http server: handle request"
+    assert Definitions(SOURCE).text(1, 2) is None  # imports define nothing
 
 
 def test_a_chunk_of_many_definitions_names_at_most_max_names() -> None:
     lines = [f"def f{i}(): pass" for i in range(MAX_NAMES + 10)]
-    assert len(definition_names(lines, 1, len(lines))) == MAX_NAMES
+    assert len(Definitions(lines).within(1, len(lines))) == MAX_NAMES
 
 
 def _hit(name: str, score: float, name_score: float) -> SearchHit:
