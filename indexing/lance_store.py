@@ -154,6 +154,11 @@ class LanceDBStore:
         self._write_lock = write_lock
         self._conn = None
         self._table = None
+        # The table handles known to have been migrated (the name-vector columns; the terms
+        # column and its full-text index): once a column or index exists it is never removed
+        # but with the table, and a table dropped or made again is a new handle, checked anew.
+        self._names_ready = None
+        self._lexical_ready = None
 
     @property
     def _db(self):
@@ -259,8 +264,12 @@ class LanceDBStore:
         every row: never computed) and its ``names_sha256`` column ("" in every row). Those rows
         rank by their vector alone until their files are indexed again; ``codeindex verify``
         lists them and ``--repair`` indexes them. Under the write lock; a no-op (one look at the
-        schema) once both columns exist. Raises StoreError when LanceDB fails."""
+        schema, the first time for this table handle) once both columns exist. Raises StoreError
+        when LanceDB fails."""
+        if self._names_ready is not None and self._names_ready is self._table:
+            return
         if {NAME_VECTOR, "names_sha256"} <= self._columns():
+            self._names_ready = self._table
             return
         import pyarrow as pa  # lazy: see _schema
 
@@ -271,6 +280,7 @@ class LanceDBStore:
                     table.add_columns(pa.field(NAME_VECTOR, pa.list_(pa.float32(), dimension), nullable=True))
                 if "names_sha256" not in table.schema.names:
                     table.add_columns({"names_sha256": "''"})  # a SQL expression per row (LanceDB docs)
+            self._names_ready = table
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
@@ -293,9 +303,12 @@ class LanceDBStore:
         index existed gets the :data:`TERMS` column, filled from each row's path and content in
         batches (a partial ``merge_insert`` on the id, which touches no other column), then the
         index. Runs under the write lock, once per table; a no-op afterwards (one look at the schema
-        and the index list). Raises StoreError when LanceDB fails (the table is left readable; the
+        and the index list, the first time for this table handle). Raises StoreError when LanceDB fails (the table is left readable; the
         next call completes the migration)."""
+        if self._lexical_ready is not None and self._lexical_ready is self._table:
+            return
         if TERMS in self._columns() and self._read("list the indexes", self._fts_index, None) is not None:
+            self._lexical_ready = self._table
             return
         import pyarrow as pa  # lazy: see _schema
         from lancedb.index import FTS  # lazy: with LanceDB
@@ -315,6 +328,7 @@ class LanceDBStore:
                     # lower-casing, English stemming and stop words serve the natural-language part.
                     table.create_index(TERMS, config=FTS(base_tokenizer="whitespace", with_position=False),
                                        replace=True)
+            self._lexical_ready = table
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
@@ -463,7 +477,7 @@ class LanceDBStore:
             query = table.search(query_vector, vector_column_name="vector").distance_type("cosine")
             if where:
                 query = query.where(where, prefilter=True)
-            names = [NAME_VECTOR] if NAME_VECTOR in table.schema.names else []
+            names = [NAME_VECTOR] if self._names_ready is table or NAME_VECTOR in table.schema.names else []
             return query.limit(k).select([*_HIT_COLUMNS, *names, "_distance"]).to_list()
 
         rows = self._read("search", read, [])
