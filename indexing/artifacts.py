@@ -187,9 +187,7 @@ def _vectors_table(objects: Sequence[VectorObject], dimension: int):
     import pyarrow as pa  # lazy: see _arrow_bytes
 
     columns: dict[str, Any] = {n: [getattr(o, n) for o in objects] for n in _VECTOR_FIELDS}
-    matrix = (np.stack([np.asarray(o.vector, dtype=np.float32) for o in objects]) if objects
-              else np.zeros((0, dimension), dtype=np.float32))
-    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dimension)
+    columns["vector"] = vector_array([o.vector for o in objects], dimension)
     columns["name_vector"] = vector_array([o.name_vector for o in objects], dimension)
     return pa.table(columns)
 
@@ -198,11 +196,8 @@ def _embeddings_table(model: str, embeddings: dict[str, np.ndarray], dimension: 
     import pyarrow as pa  # lazy: see _arrow_bytes
 
     hashes = sorted(embeddings)
-    matrix = (np.stack([np.asarray(embeddings[h], dtype=np.float32) for h in hashes]) if hashes
-              else np.zeros((0, dimension), dtype=np.float32))
     return pa.table({"model": [model] * len(hashes), "text_sha256": hashes,
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()),
-                                                                 dimension)})
+                     "vector": vector_array([embeddings[h] for h in hashes], dimension)})
 
 
 def members_of(meta: ArtifactMeta, snap: Snapshot) -> dict[str, bytes]:

@@ -237,16 +237,13 @@ def vector_array(vectors: Sequence[np.ndarray | None], dimension: int):
     vector never computed). Raises ValueError for a vector of another dimension."""
     import pyarrow as pa  # lazy: only the stores and artifacts that write Arrow need it
 
-    matrix = np.zeros((len(vectors), dimension), dtype=np.float32)
-    missing = np.zeros(len(vectors), dtype=bool)
-    for i, v in enumerate(vectors):
-        if v is None:
-            missing[i] = True
-            continue
-        v = np.asarray(v, dtype=np.float32)
+    missing = np.array([v is None for v in vectors], dtype=bool)
+    zero = np.zeros(dimension, dtype=np.float32)
+    rows = [zero if v is None else np.asarray(v, dtype=np.float32) for v in vectors]
+    for v in rows:
         if v.shape != (dimension,):
             raise ValueError(f"a vector of shape {v.shape} where {dimension} dimensions were expected")
-        matrix[i] = v
+    matrix = np.stack(rows) if rows else np.zeros((0, dimension), dtype=np.float32)
     values = pa.array(matrix.reshape(-1), pa.float32())
     if not missing.any():
         return pa.FixedSizeListArray.from_arrays(values, dimension)
