@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import sqlite3
 import subprocess
