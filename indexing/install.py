@@ -37,9 +37,9 @@ log = logging.getLogger("codeindex.artifacts")
 INDEX_ENTRIES = frozenset({"state.sqlite", "state.sqlite-journal", "lancedb"})
 #: Written into the staged home before the switch: which install made it.
 MARKER = ".install.json"
-#: Objects written per upsert: each LanceDB upsert may fold the rows it wrote into the full-text
-#: index (``Table.optimize``), so an install writes in few large calls (7 calls of 1,000 spent
-#: 3.2 s of a 7,289-object pull optimizing); 20,000 384-d objects are about 31 MB of vectors.
+#: Objects written per upsert: few large calls (when each LanceDB upsert refreshed the full-text
+#: index, 7 calls of 1,000 spent 3.2 s of a 7,289-object pull on it; a write now folds only at
+#: ``lance_store.FTS_SEGMENT_ROWS``); 20,000 384-d objects are about 31 MB of vectors.
 _UPSERT_BATCH = 20_000
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

@@ -42,20 +42,27 @@ _SQL_BATCH = 1000
 WRITE_LOCK_TIMEOUT = 300.0
 #: The column the full-text index covers: :func:`indexing.lexical.document_terms` of each row.
 TERMS = "terms"
-#: Rows written since the full-text index was last brought up to date after which a write
-#: updates it (``Table.optimize``). Until then LanceDB searches those rows without the index
-#: (exact, slower: LanceDB docs, "Full-text search": unindexed rows are searched by a flat scan,
-#: about 70 us a row here: 2,126 unindexed rows made a lexical query 150 ms, indexed 15 ms).
+#: Rows written since the full-text index was last brought up to date that
+#: :meth:`LanceDBStore.settle` (the end of a sync) folds into it. Until then LanceDB searches
+#: those rows without the index (exact, slower: LanceDB docs, "Full-text search": unindexed rows
+#: are searched by a flat scan, about 70 us a row here: 2,126 unindexed rows made a lexical query
+#: 150 ms, indexed 15 ms).
 FTS_REFRESH_ROWS = 1000
-#: A write folds its unindexed rows into the full-text index only once they are also at least
-#: this fraction of the indexed rows; :meth:`LanceDBStore.settle` (the end of a sync) folds any
-#: :data:`FTS_REFRESH_ROWS` left. ``Table.optimize`` compacts every fragment under LanceDB's
-#: target size (here: the whole table) and merges the index, so its time and its transient memory
-#: grow with the table: refreshed on every write, as a sync's batches of about 1,600 rows each
-#: did, a sync of n rows rewrote O(n^2) bytes (10,000 files, 314,000 rows: 8.6 GB of versions on
-#: disk, peak memory 3.8x a 1,000-file sync's); refreshed when the backlog doubles the indexed
-#: rows, O(n) (docs/performance.md, D).
-FTS_REFRESH_FRACTION = 1.0
+#: Unindexed rows at which a write (one of a sync's batches) folds them into the full-text index
+#: without waiting for the end of the sync: a lexical query during a long sync scans at most this
+#: many rows unindexed (about 0.7 s), and one refresh indexes a bounded number of rows.
+FTS_SEGMENT_ROWS = 10_000
+#: A refresh writes the new rows' postings as a new segment of the full-text index, merged with
+#: the newest existing segments while all of them together stay within this many bytes (Lance's
+#: ``optimize_indices(num_indices_to_merge=k)`` merges the newest k). Each refresh therefore
+#: reads and writes a bounded amount, whatever the table's size; refreshing with LanceDB's
+#: ``Table.optimize``, which also compacts every small fragment (the whole table) and merges all
+#: of the index, cost a 10,000-file sync 2.2x the peak memory of a 1,000-file one. Queries read
+#: every segment with the same scores as one merged index (Lance keeps the corpus statistics
+#: global). Measured on part D's 10,000-file sync (315,238 rows, docs/performance.md, D): with
+#: 2 MiB, 24 segments, peak 723 MB, lexical queries 11.0 ms median; with 8 MiB, 7 segments,
+#: peak 864 MB, 6.5 ms. :meth:`LanceDBStore.compact` (maintenance) merges them all.
+FTS_MERGE_BYTES = 2 * 1024 * 1024
 _HIT_COLUMNS = list(HIT_FIELDS)
 #: The column of each row's name vector (:attr:`VectorObject.name_vector`): null for a row written
 #: before name vectors existed, zeros for a chunk that defines nothing.
@@ -91,13 +98,35 @@ def _quote(value: str) -> str:
 
 def _release_native_memory() -> None:
     """Give the memory that LanceDB's native threads freed back to the system (glibc's
-    ``malloc_trim``; nothing elsewhere). An ``optimize`` reads the whole table on Lance's many
+    ``malloc_trim``; nothing elsewhere). A refresh of the full-text index runs on Lance's many
     threads, each allocating from its own malloc arena; glibc keeps what they free, so the
-    resident size of a long sync ratcheted up with each refresh (docs/performance.md, D)."""
+    resident size of a long sync ratchets up with each refresh (docs/performance.md, D)."""
     c = libc()
     if c is not None and hasattr(c, "malloc_trim"):
         c.malloc_trim(0)
 
+
+
+def _fold_into_index(table, index_name: str, *, merge_all: bool = False) -> None:
+    """Index the rows of ``table`` (a LanceDB table, at the version to update) that its
+    full-text index ``index_name`` does not cover yet, as one new segment that also takes in the
+    newest segments while their sizes add up to at most :data:`FTS_MERGE_BYTES`, and commit it as
+    a new version of the table; ``merge_all``: every segment, whatever the size (maintenance).
+    Only the index is written: the data files stay as they are.
+
+    Through ``pylance`` (``LanceDataset.optimize.optimize_indices``, the Lance library that
+    LanceDB embeds: LanceDB 0.40's ``Table.optimize`` has no index-only form; lancedb#1463).
+    Lance's errors propagate (the store's callers turn them into StoreError)."""
+    dataset = table.to_lance()  # imports lance: only here, when an index is due
+    described = next((d for d in dataset.describe_indices() if d.name == index_name), None)
+    merged, size = 0, 0
+    for segment in sorted(described.segments if described else [],
+                          key=lambda s: s.dataset_version_at_last_update, reverse=True):
+        size += segment.size_bytes
+        if size > FTS_MERGE_BYTES and not merge_all:
+            break
+        merged += 1
+    dataset.optimize.optimize_indices(index_names=[index_name], num_indices_to_merge=merged)
 
 _NAMESPACE_CLIENT = "lance_namespace_urllib3_client"
 _defer_lock = threading.Lock()
@@ -334,30 +363,29 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot build the full-text index of {self.collection} in {self.uri}: {exc}") from exc
 
-    def _refresh_lexical(self, table, fraction: float = FTS_REFRESH_FRACTION) -> None:
-        """Fold rows written since the full-text index was built into it once there are
-        :data:`FTS_REFRESH_ROWS` of them and at least ``fraction`` of the indexed rows
-        (``Table.optimize``: compaction and index update; old versions are kept for LanceDB's
-        default 7 days, so readers of an older version go on). Until then the unindexed rows are
-        searched exactly, by a flat scan; :meth:`settle` (``fraction`` 0) bounds that backlog to
-        :data:`FTS_REFRESH_ROWS` again after a sync."""
+    def _refresh_lexical(self, table, threshold: int | None = None) -> None:
+        """Fold the rows written since the full-text index was last brought up to date into it
+        once there are ``threshold`` (default :data:`FTS_SEGMENT_ROWS`) of them: a new index segment, merged with the newest ones
+        within :data:`FTS_MERGE_BYTES` (:func:`_fold_into_index`). The table's data files are not
+        rewritten (compaction is :meth:`compact`'s); until the fold the rows are searched exactly,
+        by a flat scan. Call under the write lock."""
         index = self._fts_index(table)
         if index is None:
             return
-        stats = table.index_stats(index.name)
-        if stats.num_unindexed_rows >= max(FTS_REFRESH_ROWS, fraction * stats.num_indexed_rows):
-            table.optimize()
+        due = FTS_SEGMENT_ROWS if threshold is None else threshold
+        if table.index_stats(index.name).num_unindexed_rows >= due:
+            _fold_into_index(table, index.name)
             _release_native_memory()
 
     def settle(self) -> None:
         """After a sync's writes: fold the rows still outside the full-text index into it once
-        there are :data:`FTS_REFRESH_ROWS` of them (what every write did before the writes of a
-        sync deferred it: :data:`FTS_REFRESH_FRACTION`). A no-op without a table."""
+        there are :data:`FTS_REFRESH_ROWS` of them (a write folds only at
+        :data:`FTS_SEGMENT_ROWS`). A no-op without a table."""
         if self._open() is None:
             return
         try:
             with self._writing() as table:
-                self._refresh_lexical(table, fraction=0.0)
+                self._refresh_lexical(table, FTS_REFRESH_ROWS)
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
@@ -537,7 +565,8 @@ class LanceDBStore:
     def compact(self, keep_seconds: float, *, dry_run: bool = False) -> Compaction:
         """LanceDB's maintenance of the table (``Table.optimize``, the way its docs ask for after
         many small writes: merge small files, fold new rows into the indexes, remove versions
-        older than ``cleanup_older_than``), under the write lock, so no upsert or delete runs
+        older than ``cleanup_older_than``; then the full-text index's segments, which the syncs'
+        refreshes leave, merged into one: :func:`_fold_into_index`), under the write lock, so no upsert or delete runs
         meanwhile and the rows stay exactly as they were. ``keep_seconds``: versions younger
         than that stay, for readers still on them (0 only when no other process reads the
         table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
@@ -563,6 +592,9 @@ class LanceDBStore:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
                     table.optimize(cleanup_older_than=older_than)
+                    index = self._fts_index(table)
+                    if index is not None and table.index_stats(index.name).num_indices > 1:
+                        _fold_into_index(table, index.name, merge_all=True)
                     table.optimize(cleanup_older_than=older_than)
                 after = self._versions(table)
         except (StoreError, LockTimeoutError):

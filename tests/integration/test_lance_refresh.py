@@ -1,11 +1,13 @@
-"""The full-text index of a LanceDB table is refreshed (``Table.optimize``: compaction of the
-whole table and an index merge) when the unindexed rows double the indexed ones, not on every
-write of a long run of writes (a sync's batches), and ``settle`` (the end of a sync) folds what
-is left: a run of n rows costs O(n) rewriting instead of O(n^2), and the resident memory of a
-10,000-file sync no longer ratchets up with every batch (docs/performance.md, D)."""
+"""The full-text index of a LanceDB table is brought up to date without rewriting the table:
+a write folds the unindexed rows in once there are ``FTS_SEGMENT_ROWS`` of them, as a new index
+segment merged with the newest ones within ``FTS_MERGE_BYTES`` (Lance's index-only
+``optimize_indices``), ``settle`` (the end of a sync) folds what is left, and ``compact``
+(maintenance) merges the segments into one. Each refresh therefore reads and writes a bounded
+amount, whatever the table's size (docs/performance.md, D)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -26,44 +28,100 @@ def _objects(start: int, count: int, fence: int = 1) -> list[VectorObject]:
             for i in range(start, start + count)]
 
 
-def _unindexed(store: LanceDBStore) -> int:
+def _stats(store: LanceDBStore):
     table = store._require()
-    return table.index_stats(store._fts_index(table).name).num_unindexed_rows
+    return table.index_stats(store._fts_index(table).name)
 
 
-def test_a_run_of_writes_refreshes_the_index_when_the_backlog_doubles_and_settle_folds_the_rest(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _data_files(home: Path) -> set[str]:
+    data = home / "codeindex.lance" / "data"
+    return {p.name for p in data.iterdir()} if data.exists() else set()
+
+
+def _found(store: LanceDBStore, i: int) -> bool:
+    hits = store.lexical_search(query_terms(f"handler_{i}"), 3)
+    return bool(hits) and hits[0].id == f"id-{i:05d}"
+
+
+@pytest.fixture
+def folds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row counts of the table at each fold of the full-text index."""
+    seen: list[int] = []
+    fold = lance_store._fold_into_index
+
+    def counted(table, name, **kwargs):
+        seen.append(table.count_rows())
+        return fold(table, name, **kwargs)
+
+    monkeypatch.setattr(lance_store, "_fold_into_index", counted)
+    return seen
+
+
+def test_writes_fold_new_rows_into_index_segments_without_rewriting_the_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folds: list[int]) -> None:
     monkeypatch.setattr(lance_store, "FTS_REFRESH_ROWS", 4)
-    store = LanceDBStore(tmp_path / "lancedb", "codeindex")
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", 16)
+    monkeypatch.setattr(lance_store, "FTS_MERGE_BYTES", 1)  # no segment is merged: one per fold
+    home = tmp_path / "lancedb"
+    store = LanceDBStore(home, "codeindex")
     store.ensure_collection(8)
-    table_class = type(store._require())
-    refreshes: list[int] = []
-    optimize = table_class.optimize
-
-    def counted(table, *args, **kwargs):
-        refreshes.append(table.count_rows())
-        return optimize(table, *args, **kwargs)
-
-    monkeypatch.setattr(table_class, "optimize", counted)
-    writes, rows = 24, 8
+    writes, rows = 12, 8
     for w in range(writes):
         store.upsert(_objects(w * rows, rows))
-    # Refreshed at 8, 16, 32, 64 and 128 rows (the backlog reached the indexed rows): 5 of the
-    # 24 writes; every write refreshed before (each had more than FTS_REFRESH_ROWS rows).
-    assert refreshes == [8, 16, 32, 64, 128]
-    assert _unindexed(store) == writes * rows - 128
-    hits = store.lexical_search(query_terms("handler_191"), 3)  # unindexed rows are searched too
-    assert hits and hits[0].id == "id-00191"
+        # A fold writes index files only: the table is still one fragment per write
+        # (Table.optimize compacted them into one on each refresh).
+        assert store._require().stats()["fragment_stats"]["num_fragments"] == w + 1
+    assert folds == [16 * k for k in range(1, 7)]  # every second write: 16 rows unindexed
+    stats = _stats(store)
+    assert (stats.num_unindexed_rows, stats.num_indices) == (0, 6)  # one segment per fold
+    assert len(_data_files(home)) == writes  # one per write, none compacted
+    assert all(_found(store, i) for i in range(writes * rows))
 
+    store.upsert(_objects(writes * rows, 3))  # under FTS_REFRESH_ROWS: left for a later write or settle
     store.settle()
-    assert refreshes[-1] == writes * rows and _unindexed(store) == 0
-    store.settle()  # nothing due: no refresh
-    assert len(refreshes) == 6
-    store.upsert(_objects(0, 3, fence=2))  # under FTS_REFRESH_ROWS: left for a later write or settle
-    store.settle()
-    assert len(refreshes) == 6 and _unindexed(store) == 3
-    assert store.lexical_search(query_terms("handler_2"), 1)[0].id == "id-00002"
-    assert store.count("r") == writes * rows
+    assert len(folds) == 6 and _stats(store).num_unindexed_rows == 3
+    assert _found(store, writes * rows + 2)  # unindexed rows are searched too
+    store.upsert(_objects(writes * rows + 3, 2))
+    store.settle()  # 5 rows: folded
+    assert len(folds) == 7 and _stats(store).num_unindexed_rows == 0
+    store.settle()  # nothing due
+    assert len(folds) == 7
+
+
+def test_a_fold_merges_the_newest_segments_within_the_byte_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folds: list[int]) -> None:
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", 8)
+    monkeypatch.setattr(lance_store, "FTS_MERGE_BYTES", 1 << 30)  # every segment fits: one is kept
+    store = LanceDBStore(tmp_path / "lancedb", "codeindex")
+    store.ensure_collection(8)
+    for w in range(6):
+        store.upsert(_objects(w * 8, 8))
+    assert len(folds) == 6
+    assert _stats(store).num_indices == 1
+    assert all(_found(store, i) for i in range(48))
+    # An update moves rows to new data files; the merged segment still answers with the new text.
+    store.upsert([dataclasses.replace(o, content=o.content.replace("handler_", "endpoint_"))
+                  for o in _objects(0, 8, fence=2)])
+    assert store.lexical_search(query_terms("endpoint_3"), 1)[0].id == "id-00003"
+    hits = store.lexical_search(query_terms("handler_3 handler_11 request"), 100)
+    assert len(hits) == len({h.id for h in hits}) == 48  # every row once, none twice from an old segment
+    assert {h.id: h.content for h in hits}["id-00003"] == "def endpoint_3(request):\n    return respond(request)\n"
+
+
+def test_compaction_merges_the_segments_into_one_and_keeps_every_row_searchable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", 8)
+    monkeypatch.setattr(lance_store, "FTS_MERGE_BYTES", 1)
+    store = LanceDBStore(tmp_path / "lancedb", "codeindex")
+    store.ensure_collection(8)
+    for w in range(5):
+        store.upsert(_objects(w * 8, 8))
+    assert _stats(store).num_indices == 5
+    store.compact(0)
+    stats = _stats(store)
+    assert (stats.num_indices, stats.num_indexed_rows, stats.num_unindexed_rows) == (1, 40, 0)
+    assert all(_found(store, i) for i in range(40))
+    assert store.count("r") == 40
 
 
 def test_settle_without_a_table_does_nothing(tmp_path: Path) -> None:

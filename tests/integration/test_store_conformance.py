@@ -364,8 +364,10 @@ def test_search_returns_the_nearest_first_within_the_repo_asked(store: VectorSto
 def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backend, store: VectorStore,
                                                                   monkeypatch: pytest.MonkeyPatch):
     # LanceDB: the first upsert folds its rows into the full-text index, the later writes are
-    # searched unindexed: both paths are checked.
+    # searched unindexed, and a settle folds them as a second segment merged with the first:
+    # every path is checked (on S3 too, where the fold opens the table with the same options).
     monkeypatch.setattr("indexing.lance_store.FTS_REFRESH_ROWS", 4)
+    monkeypatch.setattr("indexing.lance_store.FTS_SEGMENT_ROWS", 4)
     store.ensure_collection(DIMENSION)
     texts = ["def parse_config_file(path):\n    return load(path)",
              "class HttpServerError(Exception):\n    pass",
@@ -389,6 +391,10 @@ def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backe
     store.delete([objects[1].id], fence=1)
     assert 1 not in found("HttpServerError") and found("HttpServerError") == [2]  # only its "error" part is left
     assert sorted(found("def class x pass raise load render settings", k=50)) == [0, 2, 3]
+    store.upsert([obj(backend.collection, i, content=f"def extra_{i}(): pass") for i in (4, 5, 6)])
+    store.settle()
+    assert found("extra_5")[0] == 5 and found("load_settings") == [0]
+    assert sorted(found("def class x pass raise load render settings extra", k=50)) == [0, 2, 3, 4, 5, 6]
 
 
 def test_filters_apply_inside_both_searches(backend: Backend, store: VectorStore):
