@@ -15,6 +15,7 @@ see the latest version (``read_consistency_interval=0``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import threading
 import time
@@ -107,6 +108,21 @@ def _release_native_memory() -> None:
 
 
 
+
+def use_system_arrow_pool() -> None:
+    """Make glibc's malloc pyarrow's default memory pool for this process, unless the user chose
+    one (``ARROW_DEFAULT_MEMORY_POOL``, pyarrow's docs, "Memory pools"). Every write builds its
+    rows as Arrow columns (megabytes a batch); pyarrow's default mimalloc pool kept the pages they
+    freed: bench/sync.py part D's 10,000-file sync peaked at 724 MB with it, 643 MB with the
+    system pool (docs/performance.md, D). Only pyarrow's allocations change
+    (the model's are torch's). Called when the store first connects."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow as pa  # lazy: with LanceDB
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
 def _fold_into_index(table, index_name: str, *, merge_all: bool = False) -> None:
     """Index the rows of ``table`` (a LanceDB table, at the version to update) that its
     full-text index ``index_name`` does not cover yet, as one new segment that also takes in the
@@ -194,6 +210,7 @@ class LanceDBStore:
         """The LanceDB connection, opened on first use (the import alone costs about a second)."""
         if self._conn is None:
             lancedb = import_lancedb()
+            use_system_arrow_pool()
             try:
                 # Always read the latest version: other processes write the same table.
                 self._conn = lancedb.connect(self.uri, read_consistency_interval=timedelta(0),

@@ -128,3 +128,24 @@ def test_settle_without_a_table_does_nothing(tmp_path: Path) -> None:
     store = LanceDBStore(tmp_path / "lancedb", "codeindex")
     store.settle()
     assert store.count() == 0
+
+
+def test_opening_the_store_makes_the_system_allocator_pyarrows_pool_unless_the_user_chose_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    previous = pa.default_memory_pool()
+    try:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        LanceDBStore(tmp_path / "a", "codeindex").ensure_collection(8)
+        assert pa.default_memory_pool().backend_name == "mimalloc"  # the user's choice stands
+
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        store = LanceDBStore(tmp_path / "b", "codeindex")
+        store.ensure_collection(8)
+        assert pa.default_memory_pool().backend_name == "system"
+        store.upsert(_objects(0, 8))
+        assert store.count("r") == 8
+    finally:
+        pa.set_memory_pool(previous)
