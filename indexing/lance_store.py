@@ -60,9 +60,9 @@ FTS_SEGMENT_ROWS = 10_000
 #: ``Table.optimize``, which also compacts every small fragment (the whole table) and merges all
 #: of the index, cost a 10,000-file sync 2.2x the peak memory of a 1,000-file one. Queries read
 #: every segment with the same scores as one merged index (Lance keeps the corpus statistics
-#: global). Measured on part D's 10,000-file sync (315,238 rows, docs/performance.md, D): with
-#: 2 MiB, 24 segments, peak 723 MB, lexical queries 11.0 ms median; with 8 MiB, 7 segments,
-#: peak 864 MB, 6.5 ms. :meth:`LanceDBStore.compact` (maintenance) merges them all.
+#: global). Measured at f46e5b1 on part D's 10,000-file sync (315,238 rows, docs/performance.md,
+#: D): with 2 MiB, 24 segments, peak 723 MB, lexical queries 11.0 ms median; with 8 MiB, 7
+#: segments, peak 864 MB, 6.5 ms. :meth:`LanceDBStore.compact` (maintenance) merges them all.
 FTS_MERGE_BYTES = 2 * 1024 * 1024
 _HIT_COLUMNS = list(HIT_FIELDS)
 #: The column of each row's name vector (:attr:`VectorObject.name_vector`): null for a row written
@@ -107,21 +107,20 @@ def _release_native_memory() -> None:
         c.malloc_trim(0)
 
 
-
-
 def use_system_arrow_pool() -> None:
     """Make glibc's malloc pyarrow's default memory pool for this process, unless the user chose
     one (``ARROW_DEFAULT_MEMORY_POOL``, pyarrow's docs, "Memory pools"). Every write builds its
     rows as Arrow columns (megabytes a batch); pyarrow's default mimalloc pool kept the pages they
     freed: bench/sync.py part D's 10,000-file sync peaked at 724 MB with it, 643 MB with the
-    system pool (docs/performance.md, D). Only pyarrow's allocations change
-    (the model's are torch's). Called when the store first connects."""
+    system pool (docs/performance.md, D). Only pyarrow's allocations change (the model's are
+    torch's). Called when the store first connects."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     import pyarrow as pa  # lazy: with LanceDB
 
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
+
 
 def _fold_into_index(table, index_name: str, *, merge_all: bool = False) -> None:
     """Index the rows of ``table`` (a LanceDB table, at the version to update) that its
@@ -143,6 +142,7 @@ def _fold_into_index(table, index_name: str, *, merge_all: bool = False) -> None
             break
         merged += 1
     dataset.optimize.optimize_indices(index_names=[index_name], num_indices_to_merge=merged)
+
 
 _NAMESPACE_CLIENT = "lance_namespace_urllib3_client"
 _defer_lock = threading.Lock()
@@ -348,9 +348,9 @@ class LanceDBStore:
         """Give the table its full-text side when it lacks it: a table written before the lexical
         index existed gets the :data:`TERMS` column, filled from each row's path and content in
         batches (a partial ``merge_insert`` on the id, which touches no other column), then the
-        index. Runs under the write lock, once per table; a no-op afterwards (one look at the schema
-        and the index list, the first time for this table handle). Raises StoreError when LanceDB fails (the table is left readable; the
-        next call completes the migration)."""
+        index. Runs under the write lock, once per table; a no-op afterwards (one look at the
+        schema and the index list, the first time for this table handle). Raises StoreError when
+        LanceDB fails (the table is left readable; the next call completes the migration)."""
         if self._lexical_ready is not None and self._lexical_ready is self._table:
             return
         if TERMS in self._columns() and self._read("list the indexes", self._fts_index, None) is not None:
@@ -382,10 +382,11 @@ class LanceDBStore:
 
     def _refresh_lexical(self, table, threshold: int | None = None) -> None:
         """Fold the rows written since the full-text index was last brought up to date into it
-        once there are ``threshold`` (default :data:`FTS_SEGMENT_ROWS`) of them: a new index segment, merged with the newest ones
-        within :data:`FTS_MERGE_BYTES` (:func:`_fold_into_index`). The table's data files are not
-        rewritten (compaction is :meth:`compact`'s); until the fold the rows are searched exactly,
-        by a flat scan. Call under the write lock."""
+        once there are ``threshold`` (default :data:`FTS_SEGMENT_ROWS`) of them: a new index
+        segment, merged with the newest ones within :data:`FTS_MERGE_BYTES`
+        (:func:`_fold_into_index`). The table's data files are not rewritten (compaction is
+        :meth:`compact`'s); until the fold the rows are searched exactly, by a flat scan. Call
+        under the write lock."""
         index = self._fts_index(table)
         if index is None:
             return
@@ -583,8 +584,8 @@ class LanceDBStore:
         """LanceDB's maintenance of the table (``Table.optimize``, the way its docs ask for after
         many small writes: merge small files, fold new rows into the indexes, remove versions
         older than ``cleanup_older_than``; then the full-text index's segments, which the syncs'
-        refreshes leave, merged into one: :func:`_fold_into_index`), under the write lock, so no upsert or delete runs
-        meanwhile and the rows stay exactly as they were. ``keep_seconds``: versions younger
+        refreshes leave, merged into one: :func:`_fold_into_index`), under the write lock, so no
+        upsert or delete runs meanwhile and the rows stay exactly as they were. ``keep_seconds``: versions younger
         than that stay, for readers still on them (0 only when no other process reads the
         table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
         updates the indexes, and that update commits one more version, so a second
