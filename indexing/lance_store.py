@@ -585,9 +585,9 @@ class LanceDBStore:
         many small writes: merge small files, fold new rows into the indexes, remove versions
         older than ``cleanup_older_than``; then the full-text index's segments, which the syncs'
         refreshes leave, merged into one: :func:`_fold_into_index`), under the write lock, so no
-        upsert or delete runs meanwhile and the rows stay exactly as they were. ``keep_seconds``: versions younger
-        than that stay, for readers still on them (0 only when no other process reads the
-        table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
+        upsert or delete runs meanwhile and the rows stay exactly as they were.
+        ``keep_seconds``: versions younger than that stay, for readers still on them (0 only when
+        no other process reads the table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
         updates the indexes, and that update commits one more version, so a second
         ``optimize`` (nothing left to merge: it writes no version) prunes the one the first
         left behind; a pass over a compacted table therefore removes nothing.
