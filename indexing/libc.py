@@ -1,5 +1,6 @@
-"""The C library through ctypes, for the two calls Python does not wrap: ``renameat2`` (an index
-home's atomic switch, ``indexing.install``) and glibc's ``malloc_trim`` (``indexing.lance_store``)."""
+"""The C library through ctypes, for the calls Python does not wrap: ``renameat2`` (an index
+home's atomic switch, ``indexing.install``) and glibc's ``malloc_trim`` and ``mallopt``
+(``indexing.lance_store``)."""
 
 from __future__ import annotations
 
