@@ -614,10 +614,10 @@ class LanceDBStore:
         refreshes leave, merged into one: :func:`_fold_into_index`), under the write lock, so no
         upsert or delete runs meanwhile and the rows stay exactly as they were.
         ``keep_seconds``: versions younger than that stay, for readers still on them (0 only when
-        no other process reads the table; LanceDB warns, and is told here that it was meant). ``optimize`` prunes before it
-        updates the indexes, and that update commits one more version, so a second
-        ``optimize`` (nothing left to merge: it writes no version) prunes the one the first
-        left behind; a pass over a compacted table therefore removes nothing.
+        no other process reads the table; LanceDB warns, and is told here that it was meant).
+        ``optimize`` prunes before it updates the indexes, and that update commits one more
+        version, so a second ``optimize`` (nothing left to merge: it writes no version) prunes
+        the one the first left behind; a pass over a compacted table therefore removes nothing.
         ``dry_run``: the versions that would go, nothing changed. Bytes are those of the
         table's directory (None on an object store). Raises StoreError."""
         table = self._open()

@@ -156,18 +156,14 @@ def test_opening_the_store_makes_the_system_allocator_pyarrows_pool_unless_the_u
 
 _ARENAS_SCRIPT = """
 import ctypes, sys
-import numpy as np
 from indexing import lance_store
-from indexing.store import VectorObject
+from tests.integration.test_lance_refresh import _objects
 
 lance_store.FTS_SEGMENT_ROWS = 200  # folds too, on Lance's threads
 store = lance_store.LanceDBStore(sys.argv[1], "codeindex")
 store.ensure_collection(8)
 for start in range(0, 1000, 250):
-    store.upsert([VectorObject(id=f"id-{i}", repo="r", path=f"m{i}.py", chunk_index=0, start_line=1, end_line=1,
-                               content=f"def f_{i}(): pass", language="python", content_sha256=f"{i:064d}",
-                               commit="c", indexed_at="t", embedding_model="m", fence=1,
-                               vector=np.ones(8, dtype=np.float32)) for i in range(start, start + 250)])
+    store.upsert(_objects(start, 250))
 libc = ctypes.CDLL(None)
 libc.fopen.restype = ctypes.c_void_p
 out = libc.fopen(sys.argv[2].encode(), b"w")
@@ -187,7 +183,7 @@ def test_opening_the_store_keeps_lances_threads_in_one_malloc_arena_unless_the_u
         report = tmp_path / f"{name}.xml"
         environ = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
         subprocess.run([sys.executable, "-c", _ARENAS_SCRIPT, str(tmp_path / name), str(report)],
-                       env={**environ, **env}, check=True, timeout=120)
+                       env={**environ, **env}, cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
         return report.read_text().count("<heap nr=")
 
     assert arenas("limited") == 1
