@@ -31,7 +31,11 @@ def plan(self, request: dict) -> dict:
         raise Ignore()
     if prepared.summary is not None:
         return prepared.summary.model_dump(mode="json")
-    return self.replace(_embedding_chord(prepared, req.run_id))
+    chord_ = _embedding_chord(prepared, req.run_id)
+    # In eager mode (the embedded sync) the chord runs inside ``replace``, in this frame: the
+    # plan's per-path models go now, the messages carry what the batches and the commit need.
+    del prepared
+    return self.replace(chord_)
 
 
 def _embedding_chord(prepared: PreparedSync, run_id: str) -> chord:

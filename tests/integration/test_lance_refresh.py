@@ -188,3 +188,27 @@ def test_opening_the_store_keeps_lances_threads_in_one_malloc_arena_unless_the_u
 
     assert arenas("limited") == 1
     assert arenas("users-choice", MALLOC_ARENA_MAX="8") > 1
+
+
+def test_every_write_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Lance keeps for an open connection grows with the rows written through it (about
+    150 bytes a row); each write lets the connection go, so a long sync's writes do not add it
+    up (docs/performance.md, D). Each write opens one anew, and nothing written is lost."""
+    import lancedb
+
+    opened: list[str] = []
+    connect = lancedb.connect
+
+    def counted(uri, *args, **kwargs):
+        opened.append(str(uri))
+        return connect(uri, *args, **kwargs)
+
+    monkeypatch.setattr(lancedb, "connect", counted)
+    store = LanceDBStore(tmp_path / "lancedb", "codeindex")
+    store.ensure_collection(8)
+    for w in range(3):
+        store.upsert(_objects(w * 4, 4))
+        assert store._conn is None and store._table is None
+    assert len(opened) == 3  # ensure_collection's (the first write's too), then one a write
+    assert store.count() == 12
+    assert _found(store, 5)

@@ -279,3 +279,34 @@ def test_chunks_left_by_a_failed_sync_are_deleted(real_repo: Path, index_home: P
     summary = sync(real_repo, "detect")
     assert summary["updated"] == 1
     assert_exact(real_repo, tmp_path)
+
+
+def test_an_embedded_sync_lets_go_of_its_plan_while_the_batches_run(real_repo: Path, index_home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """In eager mode (the embedded sync) the chord runs inside the plan task; the plan's
+    per-path models (one ``PlannedFile`` a path: megabytes for a 10,000-path list) are let go
+    before it, so while a batch runs only that batch's files exist as models
+    (docs/performance.md, D)."""
+    import gc
+
+    from config.settings import configure, get_settings
+    from indexing import sync as sync_module
+    from indexing.messages import PlannedFile
+    from workers import runtime
+
+    configure(home=index_home, embedder="hashing", batch_files=8)
+    runtime.reset()
+    assert get_settings().batch_files == 8
+    alive: list[int] = []
+    index_batch = sync_module.index_batch
+
+    def counted(job, *args, **kwargs):
+        gc.collect()
+        alive.append(sum(isinstance(o, PlannedFile) for o in gc.get_objects()))
+        return index_batch(job, *args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "index_batch", counted)
+    summary = sync(real_repo, "all")
+    assert summary["errors"] == 0 and summary["added"] > 40
+    assert len(alive) == -(-summary["added"] // 8)  # every batch was seen
+    assert max(alive) <= 8, alive
