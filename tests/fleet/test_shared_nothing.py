@@ -367,6 +367,11 @@ def test_each_content_strategy_carries_1kb_150kb_and_2mb_files_and_a_corrupted_o
         shared_nothing: SharedNothing, tmp_path: Path) -> None:
     sn, fleet = shared_nothing, shared_nothing.fleet
     strategies = {"a": "auto", "b": "object_storage", "c": "git_reference"}
+    # Time limits above what a batch with the 2 MB file takes on a slow machine under strace
+    # (the fleet's 8 s soft limit was exceeded on 2026-12-07, by the code that passed on 2026-12-06):
+    # this test is about content, not about time limits.
+    fleet.env.update({"CODEINDEX_TASK_TIME_LIMIT": "60", "CODEINDEX_TASK_SOFT_TIME_LIMIT": "50",
+                      "CODEINDEX_VISIBILITY_TIMEOUT": "90"})
     for shard, strategy in strategies.items():
         sn.start_worker(shard, extra_env={"CODEINDEX_CONTENT_STRATEGY": strategy})
     histories = {}
