@@ -407,20 +407,22 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot build the full-text index of {self.collection} in {self.uri}: {exc}") from exc
 
-    def _refresh_lexical(self, table, threshold: int | None = None) -> None:
+    def _refresh_lexical(self, table, threshold: int | None = None) -> bool:
         """Fold the rows written since the full-text index was last brought up to date into it
         once there are ``threshold`` (default :data:`FTS_SEGMENT_ROWS`) of them: a new index
         segment, merged with the newest ones within :data:`FTS_MERGE_BYTES`
         (:func:`_fold_into_index`). The table's data files are not rewritten (compaction is
         :meth:`compact`'s); until the fold the rows are searched exactly, by a flat scan. Call
-        under the write lock."""
+        under the write lock. Returns whether it folded."""
         index = self._fts_index(table)
         if index is None:
-            return
+            return False
         due = FTS_SEGMENT_ROWS if threshold is None else threshold
         if table.index_stats(index.name).num_unindexed_rows >= due:
             _fold_into_index(table, index.name)
             _release_native_memory()
+            return True
+        return False
 
     def settle(self) -> None:
         """After a sync's writes: fold the rows still outside the full-text index into it once
@@ -430,7 +432,9 @@ class LanceDBStore:
             return
         try:
             with self._writing() as table:
-                self._refresh_lexical(table, FTS_REFRESH_ROWS)
+                folded = self._refresh_lexical(table, FTS_REFRESH_ROWS)
+            if folded:
+                self._release_connection()
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
@@ -480,13 +484,13 @@ class LanceDBStore:
                     # meet "null" (which would null a vector of the wrong dimension too).
                     .execute(data, on_bad_vectors="null" if unknown_names else "error")
                 )
-                self._refresh_lexical(table)
+                folded = self._refresh_lexical(table)
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
             self._forget_if_gone(exc)
             raise StoreError(f"upsert of {len(objects)} objects into {self.collection} failed: {exc}") from exc
-        finally:
+        if folded:
             self._release_connection()
         return int(result.num_inserted_rows + result.num_updated_rows)
 
@@ -496,8 +500,10 @@ class LanceDBStore:
         connection grows with the rows written through it (about 150 bytes a row in glibc's
         bytes in use: 30 -> 79 MB over a 10,000-path sync's 315,000 rows, and all of it freed
         when the connection goes), so a long sync that kept one connection grew with its change
-        list; ``upsert`` calls this after every write (docs/performance.md, D; the issue's
-        "re-opening the table between batches")."""
+        list. ``upsert`` calls this after a write that folded rows into the full-text index
+        (every :data:`FTS_SEGMENT_ROWS` rows: every sixth batch of a large sync, where reopening
+        after every write cost a fifth more upsert time, and more on S3)
+        (docs/performance.md, D)."""
         self._conn = self._table = self._names_ready = self._lexical_ready = None
         _release_native_memory()
 

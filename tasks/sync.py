@@ -26,16 +26,22 @@ def plan(self, request: dict) -> dict:
     req = SyncRequest.model_validate(request)
     if (owner := runtime().owner_elsewhere(req.repo_id, req.hops)) is not None:
         return self.replace(plan.s(req.forwarded().model_dump(mode="json")).set(queue=shard_queue(owner)))
-    prepared = prepare_sync(req, runtime(), task_id=self.request.id)
-    if prepared.superseded:  # re-issued since (workers.reissue): the new run answers the caller
+    work = _prepared_work(req, self.request.id)
+    return self.replace(work) if isinstance(work, chord) else work  # a chord is a dict too
+
+
+def _prepared_work(req: SyncRequest, task_id: str) -> dict | chord:
+    """Prepare ``req``: its summary (a dict) when nothing is left to embed, else the chord that
+    does it. Raises Ignore when the run was re-issued since (``workers.reissue``: the new run
+    answers the caller). A function of its own so that the plan (one ``PlannedFile`` a path)
+    is gone when the chord runs: in eager mode (the embedded sync) Celery runs it inside
+    ``replace``, in the plan task's frame (docs/performance.md, D)."""
+    prepared = prepare_sync(req, runtime(), task_id=task_id)
+    if prepared.superseded:
         raise Ignore()
     if prepared.summary is not None:
         return prepared.summary.model_dump(mode="json")
-    chord_ = _embedding_chord(prepared, req.run_id)
-    # In eager mode (the embedded sync) the chord runs inside ``replace``, in this frame: the
-    # plan's per-path models go now, the messages carry what the batches and the commit need.
-    del prepared
-    return self.replace(chord_)
+    return _embedding_chord(prepared, req.run_id)
 
 
 def _embedding_chord(prepared: PreparedSync, run_id: str) -> chord:

@@ -190,12 +190,16 @@ def test_opening_the_store_keeps_lances_threads_in_one_malloc_arena_unless_the_u
     assert arenas("users-choice", MALLOC_ARENA_MAX="8") > 1
 
 
-def test_every_write_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_that_folds_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         folds: list[int]) -> None:
     """What Lance keeps for an open connection grows with the rows written through it (about
-    150 bytes a row); each write lets the connection go, so a long sync's writes do not add it
-    up (docs/performance.md, D). Each write opens one anew, and nothing written is lost."""
+    150 bytes a row); a write that folds rows into the full-text index (and ``settle``, when it
+    folds) lets the connection go, so a long sync's writes do not add it up
+    (docs/performance.md, D). The next write opens one anew, and nothing written is lost."""
     import lancedb
 
+    monkeypatch.setattr(lance_store, "FTS_REFRESH_ROWS", 2)
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", 8)
     opened: list[str] = []
     connect = lancedb.connect
 
@@ -206,9 +210,15 @@ def test_every_write_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(lancedb, "connect", counted)
     store = LanceDBStore(tmp_path / "lancedb", "codeindex")
     store.ensure_collection(8)
-    for w in range(3):
+    for w in range(6):
         store.upsert(_objects(w * 4, 4))
-        assert store._conn is None and store._table is None
-    assert len(opened) == 3  # ensure_collection's (the first write's too), then one a write
-    assert store.count() == 12
-    assert _found(store, 5)
+        folded = w % 2 == 1  # 8 rows unindexed after every second write
+        assert (store._conn is None) == folded and (store._table is None) == folded, w
+    assert folds == [8, 16, 24]
+    assert len(opened) == 3  # ensure_collection's (the first two writes'), then one after each fold but the last
+    store.upsert(_objects(24, 3))
+    assert store._conn is not None
+    store.settle()  # folds the 3 rows left (FTS_REFRESH_ROWS 2)
+    assert store._conn is None and folds == [8, 16, 24, 27]
+    assert store.count() == 27
+    assert _found(store, 5) and _found(store, 26)
