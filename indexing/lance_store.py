@@ -498,12 +498,11 @@ class LanceDBStore:
         """Let go of the LanceDB connection and table (the next call opens them again, a few
         milliseconds) and give what Lance freed back to the system. What Lance keeps for an open
         connection grows with the rows written through it (about 150 bytes a row in glibc's
-        bytes in use: 30 -> 79 MB over a 10,000-path sync's 315,000 rows, and all of it freed
-        when the connection goes), so a long sync that kept one connection grew with its change
+        bytes in use: 30 -> 79 MB over a 10,000-path sync's 315,000 rows; in a loop of writes
+        alone, all of that growth was freed when the connection went), so a long sync that kept one connection grew with its change
         list. ``upsert`` calls this after a write that folded rows into the full-text index
-        (every :data:`FTS_SEGMENT_ROWS` rows: every sixth batch of a large sync, where reopening
-        after every write cost a fifth more upsert time, and more on S3)
-        (docs/performance.md, D)."""
+        (every :data:`FTS_SEGMENT_ROWS` rows: every sixth batch of a large sync; reopening after
+        every write cost up to a fifth more upsert time) (docs/performance.md, D)."""
         self._conn = self._table = self._names_ready = self._lexical_ready = None
         _release_native_memory()
 
