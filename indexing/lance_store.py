@@ -413,14 +413,14 @@ class LanceDBStore:
         segment, merged with the newest ones within :data:`FTS_MERGE_BYTES`
         (:func:`_fold_into_index`). The table's data files are not rewritten (compaction is
         :meth:`compact`'s); until the fold the rows are searched exactly, by a flat scan. Call
-        under the write lock. Returns whether it folded."""
+        under the write lock. Returns whether it folded: the caller then lets the connection go
+        and trims, once the lock is released (:meth:`_release_connection`)."""
         index = self._fts_index(table)
         if index is None:
             return False
         due = FTS_SEGMENT_ROWS if threshold is None else threshold
         if table.index_stats(index.name).num_unindexed_rows >= due:
             _fold_into_index(table, index.name)
-            _release_native_memory()
             return True
         return False
 
@@ -499,8 +499,8 @@ class LanceDBStore:
         milliseconds) and give what Lance freed back to the system. What Lance keeps for an open
         connection grows with the rows written through it (about 150 bytes a row in glibc's
         bytes in use: 30 -> 79 MB over a 10,000-path sync's 315,000 rows; in a loop of writes
-        alone, all of that growth was freed when the connection went), so a long sync that kept one connection grew with its change
-        list. ``upsert`` calls this after a write that folded rows into the full-text index
+        alone, all of that growth was freed when the connection went), so a long sync that kept
+        one connection grew with its change list. ``upsert`` and ``settle`` call this after a write that folded rows into the full-text index
         (every :data:`FTS_SEGMENT_ROWS` rows: every sixth batch of a large sync; reopening after
         every write cost up to a fifth more upsert time) (docs/performance.md, D)."""
         self._conn = self._table = self._names_ready = self._lexical_ready = None
