@@ -311,6 +311,16 @@ def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
     return results
 
 
+def settle_writes(context: RunContext, env: SyncEnvironment) -> None:
+    """Bring the store of ``context``'s collection up to date after its run's batches
+    (:meth:`VectorStore.settle`: LanceDB folds the rows still outside its full-text index), before
+    the commit builds its per-path records. :func:`commit_sync` settles again after its deletes;
+    that finds nothing due. In a 10,000-path embedded sync the commit's ``PlannedFile`` and
+    ``FileResult`` models hold 24 MB, and the fold's transient came on top of them
+    (docs/performance.md, D). Raises StoreError, as ``settle``."""
+    env.vector_store(context.collection).settle()
+
+
 def finish_sync(job: CommitJob, results: list[FileResult], env: SyncEnvironment) -> SyncSummary:
     """Commit the batches' ``results`` under the repository's lock (:func:`commit_sync`) and
     record the finished run; the run's summary.

@@ -11,8 +11,8 @@ from celery.exceptions import Ignore
 from config.celery import shard_queue
 from config.kinds import TaskKind
 from indexing.errors import UsageError
-from indexing.messages import CommitJob, FileResult, SyncRequest
-from indexing.sync import PreparedSync, finish_sync, prepare_sync
+from indexing.messages import CommitJob, FileResult, RunContext, SyncRequest
+from indexing.sync import PreparedSync, finish_sync, prepare_sync, settle_writes
 from tasks.embed import batch
 from workers.app import codeindex_task
 from workers.deadletter import mark_run_failed
@@ -52,7 +52,12 @@ def _embedding_chord(prepared: PreparedSync, run_id: str) -> chord:
 
 @codeindex_task("codeindex.sync.commit", kind=TaskKind.REPO)
 def commit(self, results: list[list[dict]], job: dict) -> dict:
-    """Chord body: commit the batches' ``results`` for :class:`CommitJob` ``job``; the summary."""
+    """Chord body: commit the batches' ``results`` for :class:`CommitJob` ``job``; the summary.
+
+    The store settles first (:func:`~indexing.sync.settle_writes`), while the job and the
+    results are still the message's dicts: the fold it may run is a sync's largest transient,
+    and the commit's models, two for each path, would otherwise be built under it."""
+    settle_writes(RunContext.model_validate(job), runtime())
     work = CommitJob.model_validate(job)
     flat = [FileResult.model_validate(r) for part in results for r in part]
     return finish_sync(work, flat, runtime()).model_dump(mode="json")

@@ -281,14 +281,20 @@ def test_chunks_left_by_a_failed_sync_are_deleted(real_repo: Path, index_home: P
     assert_exact(real_repo, tmp_path)
 
 
+def live_models(cls: type) -> int:
+    """How many instances of ``cls`` this process holds, after a collection."""
+    import gc
+
+    gc.collect()
+    return sum(isinstance(o, cls) for o in gc.get_objects())
+
+
 def test_an_embedded_sync_lets_go_of_its_plan_while_the_batches_run(real_repo: Path, index_home: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """In eager mode (the embedded sync) the chord runs inside the plan task; the plan's
     per-path models (one ``PlannedFile`` a path: megabytes for a 10,000-path list) are let go
     before it, so while a batch runs only that batch's files exist as models
     (docs/performance.md, D)."""
-    import gc
-
     from config.settings import configure, get_settings
     from indexing import sync as sync_module
     from indexing.messages import PlannedFile
@@ -297,12 +303,12 @@ def test_an_embedded_sync_lets_go_of_its_plan_while_the_batches_run(real_repo: P
     configure(home=index_home, embedder="hashing", batch_files=8)
     runtime.reset()
     assert get_settings().batch_files == 8
+    before = live_models(PlannedFile)  # an earlier test in this process may have left some
     alive: list[int] = []
     index_batch = sync_module.index_batch
 
     def counted(job, *args, **kwargs):
-        gc.collect()
-        alive.append(sum(isinstance(o, PlannedFile) for o in gc.get_objects()))
+        alive.append(live_models(PlannedFile) - before)
         return index_batch(job, *args, **kwargs)
 
     monkeypatch.setattr(sync_module, "index_batch", counted)
@@ -310,3 +316,31 @@ def test_an_embedded_sync_lets_go_of_its_plan_while_the_batches_run(real_repo: P
     assert summary["errors"] == 0 and summary["added"] > 40
     assert len(alive) == -(-summary["added"] // 8)  # every batch was seen
     assert max(alive) <= 8, alive
+
+
+def test_an_embedded_sync_folds_the_full_text_index_before_the_commit_builds_its_per_path_models(
+        real_repo: Path, index_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's fold of the full-text index (``settle``: the largest transient of a sync)
+    runs before the commit task turns its message into models, one ``PlannedFile`` and one
+    ``FileResult`` a path (24 MB for 10,000 paths; docs/performance.md, D)."""
+    from config.settings import configure
+    from indexing import lance_store
+    from indexing.messages import FileResult, PlannedFile
+    from workers import runtime
+
+    configure(home=index_home, embedder="hashing", batch_files=8)
+    runtime.reset()
+    monkeypatch.setattr(lance_store, "FTS_REFRESH_ROWS", 1)  # the commit's settle folds whatever is left
+    before = live_models(PlannedFile) + live_models(FileResult)
+    at_folds: list[int] = []
+    fold = lance_store._fold_into_index
+
+    def counted(*args, **kwargs):
+        at_folds.append(live_models(PlannedFile) + live_models(FileResult) - before)
+        return fold(*args, **kwargs)
+
+    monkeypatch.setattr(lance_store, "_fold_into_index", counted)
+    summary = sync(real_repo, "all")
+    assert summary["errors"] == 0 and summary["added"] > 40
+    assert at_folds, "no fold ran"
+    assert max(at_folds) == 0, at_folds
