@@ -107,6 +107,18 @@ def _release_native_memory() -> None:
         c.malloc_trim(0)
 
 
+def _let_go(exc: BaseException) -> None:
+    """Drop the traceback of a LanceDB error that the store answers (a table that is not there)
+    rather than raises. LanceDB runs each call on its background event loop
+    (``lancedb.background_loop``) and re-raises the call's exception here; its futures there
+    still hold that exception, and with its traceback every frame of the caller's stack and
+    their locals: the first sync of a new table kept its whole plan (one ``PlannedFile`` a path,
+    and the commit's copy) alive through its batches, for as long as the loop held the future
+    (tests/integration/test_sync_exact.py, docs/performance.md, D)."""
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
+
+
 #: glibc's ``mallopt`` parameter for the most malloc arenas a process makes (``M_ARENA_MAX`` in
 #: ``malloc.h``).
 _M_ARENA_MAX = -8
@@ -291,13 +303,16 @@ class LanceDBStore:
         ])
 
     def _open(self):
+        """The table, opened on first use; None when there is none."""
         if self._table is None:
             try:
                 self._table = self._db.open_table(self.collection)
-            except ValueError:
+            except ValueError as exc:
+                _let_go(exc)
                 return None
             except Exception as exc:
                 if "not found" in str(exc).lower():
+                    _let_go(exc)
                     return None
                 raise StoreError(f"cannot open table {self.collection} in {self.uri}: {exc}") from exc
         return self._table
@@ -326,6 +341,7 @@ class LanceDBStore:
             except Exception as exc:  # lancedb raises plain exceptions
                 if not self._forget_if_gone(exc):
                     raise StoreError(f"cannot read table {self.collection} in {self.uri}: {exc}") from exc
+                _let_go(exc)
         try:
             self._table = self._db.create_table(self.collection, schema=self._schema(dimension), exist_ok=True)
         except Exception as exc:
@@ -439,6 +455,7 @@ class LanceDBStore:
             raise
         except Exception as exc:
             if self._forget_if_gone(exc):
+                _let_go(exc)
                 return
             raise StoreError(f"refresh of the full-text index of {self.collection} failed: {exc}") from exc
 
@@ -517,6 +534,7 @@ class LanceDBStore:
             raise
         except Exception as exc:
             if self._forget_if_gone(exc):
+                _let_go(exc)
                 return  # nothing left to delete
             raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
 
@@ -538,6 +556,7 @@ class LanceDBStore:
         except Exception as exc:  # lancedb raises plain exceptions
             if not self._forget_if_gone(exc):
                 raise StoreError(f"{what} of {self.collection} in {self.uri} failed: {exc}") from exc
+            _let_go(exc)
         return absent
 
     def _scan(self, columns: Sequence[str], where: str | None = None):

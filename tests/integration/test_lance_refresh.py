@@ -222,3 +222,39 @@ def test_a_write_that_folds_lets_go_of_lances_connection(tmp_path: Path, monkeyp
     assert store._conn is None and folds == [8, 16, 24, 27]
     assert store.count() == 27
     assert _found(store, 5) and _found(store, 26)
+
+
+def test_a_missing_table_keeps_none_of_the_callers_frames_alive(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """LanceDB re-raises the error of a call run on its background event loop, whose futures
+    still hold it; the store answers a missing table ("absent") without its traceback, which
+    held every frame of the caller's stack: the first sync of a new table kept its plan alive
+    through its batches while the loop held the future (docs/performance.md, D)."""
+    import gc
+    import weakref
+
+    store = LanceDBStore(tmp_path / "lancedb", "codeindex")
+    raised: list[BaseException] = []  # as LanceDB's futures hold them
+    open_table = store._db.open_table
+
+    def recording(*args, **kwargs):
+        try:
+            return open_table(*args, **kwargs)
+        except Exception as exc:
+            raised.append(exc)
+            raise
+
+    monkeypatch.setattr(store._db, "open_table", recording)
+
+    class Plan:
+        pass
+
+    def caller() -> weakref.ref:
+        plan = Plan()
+        assert store.count() == 0 and store.chunk_indexes("r", ["a.py"]) == {}
+        return weakref.ref(plan)
+
+    gone = caller()
+    gc.collect()
+    assert raised  # the store opened a table that is not there
+    assert gone() is None  # the exceptions are still held, the caller's frames are not
