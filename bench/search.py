@@ -370,6 +370,7 @@ def latency(work: Path, target: int, queries: list[str], embedder_kind: str, nam
         if len(pending) >= 5000:
             total += store.upsert(pending)
             pending = []
+            store.settle(final=False)  # as a sync does between its batches
             log(f"latency index: {total} chunks")
     total += store.upsert(pending)
     store.settle()  # as a sync's commit does: the full-text index then covers all but a few rows

@@ -38,8 +38,8 @@ INDEX_ENTRIES = frozenset({"state.sqlite", "state.sqlite-journal", "lancedb"})
 #: Written into the staged home before the switch: which install made it.
 MARKER = ".install.json"
 #: Objects written per upsert: few large calls (when each LanceDB upsert refreshed the full-text
-#: index, 7 calls of 1,000 spent 3.2 s of a 7,289-object pull on it; a write now folds only at
-#: ``lance_store.FTS_SEGMENT_ROWS``); 20,000 384-d objects are about 31 MB of vectors.
+#: index, 7 calls of 1,000 spent 3.2 s of a 7,289-object pull on it; a settle between writes
+#: folds only at ``lance_store.FTS_SEGMENT_ROWS``); 20,000 384-d objects are about 31 MB of vectors.
 _UPSERT_BATCH = 20_000
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -58,6 +58,7 @@ def install_snapshot(snap: Snapshot, state: StateStore, store: VectorStore, *, r
     store.ensure_collection(snap.collection.dimension)
     for start in range(0, len(objects), _UPSERT_BATCH):
         store.upsert(objects[start:start + _UPSERT_BATCH])
+        store.settle(final=False)
     stale = [c.id for c in store.inventory(snap.repo_id) if c.id not in snap.objects]
     store.delete(stale, fence)
     store.settle()

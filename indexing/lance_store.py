@@ -49,9 +49,10 @@ TERMS = "terms"
 #: are searched by a flat scan, about 70 us a row here: 2,126 unindexed rows made a lexical query
 #: 150 ms, indexed 15 ms).
 FTS_REFRESH_ROWS = 1000
-#: Unindexed rows at which a write (one of a sync's batches) folds them into the full-text index
-#: without waiting for the end of the sync: a lexical query during a long sync scans at most this
-#: many rows unindexed (about 0.7 s), and one refresh indexes a bounded number of rows.
+#: Unindexed rows at which :meth:`LanceDBStore.settle` between a sync's batches (``final=False``)
+#: folds them into the full-text index without waiting for the end of the sync: a lexical query
+#: during a long sync scans at most about this many rows unindexed (about 0.7 s), and one
+#: refresh indexes a bounded number of rows.
 FTS_SEGMENT_ROWS = 10_000
 #: A refresh writes the new rows' postings as a new segment of the full-text index, merged with
 #: the newest existing segments while all of them together stay within this many bytes (Lance's
@@ -423,9 +424,9 @@ class LanceDBStore:
         except Exception as exc:
             raise StoreError(f"cannot build the full-text index of {self.collection} in {self.uri}: {exc}") from exc
 
-    def _refresh_lexical(self, table, threshold: int | None = None) -> bool:
+    def _refresh_lexical(self, table, threshold: int) -> bool:
         """Fold the rows written since the full-text index was last brought up to date into it
-        once there are ``threshold`` (default :data:`FTS_SEGMENT_ROWS`) of them: a new index
+        once there are ``threshold`` of them: a new index
         segment, merged with the newest ones within :data:`FTS_MERGE_BYTES`
         (:func:`_fold_into_index`). The table's data files are not rewritten (compaction is
         :meth:`compact`'s); until the fold the rows are searched exactly, by a flat scan. Call
@@ -434,21 +435,27 @@ class LanceDBStore:
         index = self._fts_index(table)
         if index is None:
             return False
-        due = FTS_SEGMENT_ROWS if threshold is None else threshold
-        if table.index_stats(index.name).num_unindexed_rows >= due:
+        if table.index_stats(index.name).num_unindexed_rows >= threshold:
+            _release_native_memory()  # what the writes since the last fold freed: the fold starts from less
             _fold_into_index(table, index.name)
             return True
         return False
 
-    def settle(self) -> None:
-        """After a sync's writes: fold the rows still outside the full-text index into it once
-        there are :data:`FTS_REFRESH_ROWS` of them (a write folds only at
-        :data:`FTS_SEGMENT_ROWS`). A no-op without a table."""
+    def settle(self, *, final: bool = True) -> None:
+        """Fold the rows still outside the full-text index into it: after a sync's last write
+        (``final``) once there are :data:`FTS_REFRESH_ROWS` of them, between its batches once
+        there are :data:`FTS_SEGMENT_ROWS`. A write never folds by itself: inside ``upsert`` a
+        fold ran while the batch's rows (its objects, their Arrow columns) were still alive,
+        about 15 MB more of glibc's heap in use at every fold of part D's 10,000-path sync. A
+        fold starts with a ``malloc_trim`` of what the writes since the last one freed, and ends
+        by letting the connection go (:meth:`_release_connection`): the resident size at the
+        start of that sync's folds went from 382-440 MB to 346-369 MB (docs/performance.md, D).
+        A no-op without a table."""
         if self._open() is None:
             return
         try:
             with self._writing() as table:
-                folded = self._refresh_lexical(table, FTS_REFRESH_ROWS)
+                folded = self._refresh_lexical(table, FTS_REFRESH_ROWS if final else FTS_SEGMENT_ROWS)
             if folded:
                 self._release_connection()
         except (StoreError, LockTimeoutError):
@@ -501,14 +508,11 @@ class LanceDBStore:
                     # meet "null" (which would null a vector of the wrong dimension too).
                     .execute(data, on_bad_vectors="null" if unknown_names else "error")
                 )
-                folded = self._refresh_lexical(table)
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
             self._forget_if_gone(exc)
             raise StoreError(f"upsert of {len(objects)} objects into {self.collection} failed: {exc}") from exc
-        if folded:
-            self._release_connection()
         return int(result.num_inserted_rows + result.num_updated_rows)
 
     def _release_connection(self) -> None:
@@ -517,9 +521,10 @@ class LanceDBStore:
         connection grows with the rows written through it (about 150 bytes a row in glibc's
         bytes in use: 30 -> 79 MB over a 10,000-path sync's 315,000 rows; in a loop of writes
         alone, all of that growth was freed when the connection went), so a long sync that kept
-        one connection grew with its change list. ``upsert`` and ``settle`` call this after a write that folded rows into the full-text index
-        (every :data:`FTS_SEGMENT_ROWS` rows: every sixth batch of a large sync; reopening after
-        every write cost up to a fifth more upsert time) (docs/performance.md, D)."""
+        one connection grew with its change list. :meth:`settle` calls this after it folded rows
+        into the full-text index (every :data:`FTS_SEGMENT_ROWS` rows between a large sync's
+        batches: every sixth batch; reopening after every write cost up to a fifth more upsert
+        time) (docs/performance.md, D)."""
         self._conn = self._table = self._names_ready = self._lexical_ready = None
         _release_native_memory()
 

@@ -172,9 +172,11 @@ class VectorStore(Protocol):
         """Delete the objects ``ids`` whose fence is at most ``fence``."""
         ...
 
-    def settle(self) -> None:
+    def settle(self, *, final: bool = True) -> None:
         """Bring what the store derives from its objects (LanceDB: the full-text index) up to
-        date after a sync's writes, which may defer it; cheap when nothing is due."""
+        date, which writes defer to it: after a sync's last write (``final``), or between its
+        batches once a batch's objects are let go (``final=False``: only what a long run of
+        writes cannot leave for the end). Cheap when nothing is due."""
         ...
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:

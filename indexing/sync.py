@@ -297,6 +297,8 @@ def check_store(store: VectorStore, state: StateStore, repo_id: str, previous: R
 def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
     """Index one batch (:func:`index_batch`) and count its files as done in the run.
 
+    Then the store settles what its writes deferred and a long sync cannot leave for the end
+    (``VectorStore.settle(final=False)``), with none of the batch's objects alive.
     A batch of a sync older than the repository's last commit (a batch a dead worker held,
     redelivered after its run was re-issued and committed) writes nothing and returns no
     results: its upserts could only add chunks the newer sync did not keep, and its commit
@@ -305,8 +307,9 @@ def embed_batch(job: BatchJob, env: SyncEnvironment) -> list[FileResult]:
     repo = env.state.get_repo(job.repo_id)
     if repo is not None and repo.committed_fence > job.fence:
         return []
-    results = index_batch(job, env.vector_store(job.collection), env.embedding_cache, env.embedder,
-                          env.limits.max_file_size, env.content_reader)
+    store = env.vector_store(job.collection)
+    results = index_batch(job, store, env.embedding_cache, env.embedder, env.limits.max_file_size, env.content_reader)
+    store.settle(final=False)  # once the batch's objects are gone (index_batch returned)
     env.state.advance_run(job.run_id, len(job.files))
     return results
 

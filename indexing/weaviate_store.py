@@ -534,7 +534,7 @@ class WeaviateStore:
             fences.update((str(obj.uuid), int(obj.properties["fence"])) for obj in answer.objects)
         return fences
 
-    def settle(self) -> None:
+    def settle(self, *, final: bool = True) -> None:
         """Nothing to bring up to date: Weaviate maintains its BM25 index on every write."""
 
     def delete(self, ids: Sequence[str], fence: int) -> None:

@@ -170,8 +170,8 @@ class GuardedVectorStore:
     def delete(self, ids: Sequence[str], fence: int) -> None:
         call_through(self._breaker(), self._store.delete, ids, fence)
 
-    def settle(self) -> None:
-        call_through(self._breaker(), self._store.settle)
+    def settle(self, *, final: bool = True) -> None:
+        call_through(self._breaker(), self._store.settle, final=final)
 
     def chunk_indexes(self, repo: str, paths: Sequence[str]) -> dict[str, list[int]]:
         return call_through(self._breaker(), self._store.chunk_indexes, repo, paths)

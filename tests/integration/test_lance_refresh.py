@@ -1,7 +1,8 @@
 """The full-text index of a LanceDB table is brought up to date without rewriting the table:
-a write folds the unindexed rows in once there are ``FTS_SEGMENT_ROWS`` of them, as a new index
-segment merged with the newest ones within ``FTS_MERGE_BYTES`` (Lance's index-only
-``optimize_indices``), ``settle`` (the end of a sync) folds what is left, and ``compact``
+a settle between a sync's batches folds the unindexed rows in once there are ``FTS_SEGMENT_ROWS``
+of them, as a new index segment merged with the newest ones within ``FTS_MERGE_BYTES`` (Lance's
+index-only ``optimize_indices``), the final ``settle`` (the end of a sync) folds what is left (a
+write never folds), and ``compact``
 (maintenance) merges the segments into one. Each refresh therefore reads and writes a bounded
 amount, whatever the table's size (docs/performance.md, D)."""
 
@@ -71,6 +72,7 @@ def test_writes_fold_new_rows_into_index_segments_without_rewriting_the_table(
     writes, rows = 12, 8
     for w in range(writes):
         store.upsert(_objects(w * rows, rows))
+        store.settle(final=False)  # as a sync between its batches
         # A fold writes index files only: the table is still one fragment per write
         # (Table.optimize compacted them into one on each refresh).
         assert store._require().stats()["fragment_stats"]["num_fragments"] == w + 1
@@ -81,6 +83,8 @@ def test_writes_fold_new_rows_into_index_segments_without_rewriting_the_table(
     assert all(_found(store, i) for i in range(writes * rows))
 
     store.upsert(_objects(writes * rows, 3))  # under FTS_REFRESH_ROWS: left for a later write or settle
+    store.settle(final=False)
+    assert len(folds) == 6
     store.settle()
     assert len(folds) == 6 and _stats(store).num_unindexed_rows == 3
     assert _found(store, writes * rows + 2)  # unindexed rows are searched too
@@ -99,6 +103,7 @@ def test_a_fold_merges_the_newest_segments_within_the_byte_budget(
     store.ensure_collection(8)
     for w in range(6):
         store.upsert(_objects(w * 8, 8))
+        store.settle(final=False)
     assert len(folds) == 6
     assert _stats(store).num_indices == 1
     assert all(_found(store, i) for i in range(48))
@@ -119,6 +124,7 @@ def test_compaction_merges_the_segments_into_one_and_keeps_every_row_searchable(
     store.ensure_collection(8)
     for w in range(5):
         store.upsert(_objects(w * 8, 8))
+        store.settle(final=False)
     assert _stats(store).num_indices == 5
     store.compact(0)
     stats = _stats(store)
@@ -190,11 +196,11 @@ def test_opening_the_store_keeps_lances_threads_in_one_malloc_arena_unless_the_u
     assert arenas("users-choice", MALLOC_ARENA_MAX="8") > 1
 
 
-def test_a_write_that_folds_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_a_settle_that_folds_lets_go_of_lances_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          folds: list[int]) -> None:
     """What Lance keeps for an open connection grows with the rows written through it (about
-    150 bytes a row); a write that folds rows into the full-text index (and ``settle``, when it
-    folds) lets the connection go, so a long sync's writes do not add it up
+    150 bytes a row); a settle that folds rows into the full-text index (between a sync's
+    batches, or at its end) lets the connection go, so a long sync's writes do not add it up
     (docs/performance.md, D). The next write opens one anew, and nothing written is lost."""
     import lancedb
 
@@ -212,11 +218,14 @@ def test_a_write_that_folds_lets_go_of_lances_connection(tmp_path: Path, monkeyp
     store.ensure_collection(8)
     for w in range(6):
         store.upsert(_objects(w * 4, 4))
+        assert store._conn is not None  # a write never folds
+        store.settle(final=False)
         folded = w % 2 == 1  # 8 rows unindexed after every second write
         assert (store._conn is None) == folded and (store._table is None) == folded, w
     assert folds == [8, 16, 24]
     assert len(opened) == 3  # ensure_collection's (the first two writes'), then one after each fold but the last
     store.upsert(_objects(24, 3))
+    store.settle(final=False)  # 3 rows: not due between batches
     assert store._conn is not None
     store.settle()  # folds the 3 rows left (FTS_REFRESH_ROWS 2)
     assert store._conn is None and folds == [8, 16, 24, 27]

@@ -363,8 +363,9 @@ def test_search_returns_the_nearest_first_within_the_repo_asked(store: VectorSto
 
 def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backend, store: VectorStore,
                                                                   monkeypatch: pytest.MonkeyPatch):
-    # LanceDB: the first upsert folds its rows into the full-text index, the later writes are
-    # searched unindexed, and a settle folds them as a second segment merged with the first:
+    # LanceDB: the settle after the first upsert (as between a sync's batches) folds its rows into
+    # the full-text index, the later writes are searched unindexed, and a final settle folds them
+    # as a second segment merged with the first:
     # every path is checked (on S3 too, where the fold opens the table with the same options).
     monkeypatch.setattr("indexing.lance_store.FTS_REFRESH_ROWS", 4)
     monkeypatch.setattr("indexing.lance_store.FTS_SEGMENT_ROWS", 4)
@@ -375,6 +376,7 @@ def test_lexical_search_finds_identifiers_and_follows_every_write(backend: Backe
              "x = 1"]
     objects = [obj(backend.collection, i, content=text) for i, text in enumerate(texts)]
     store.upsert(objects)
+    store.settle(final=False)
 
     def found(query: str, k: int = 10) -> list[int]:
         return [h.chunk_index for h in store.lexical_search(query_terms(query), k)]

@@ -318,29 +318,39 @@ def test_an_embedded_sync_lets_go_of_its_plan_while_the_batches_run(real_repo: P
     assert max(alive) <= 8, alive
 
 
-def test_an_embedded_sync_folds_the_full_text_index_before_the_commit_builds_its_per_path_models(
-        real_repo: Path, index_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The commit's fold of the full-text index (``settle``: the largest transient of a sync)
-    runs before the commit task turns its message into models, one ``PlannedFile`` and one
-    ``FileResult`` a path (24 MB for 10,000 paths; docs/performance.md, D)."""
+@pytest.mark.parametrize("segment_rows", [10_000, 40], ids=["the commit folds", "the batches fold"])
+def test_an_embedded_sync_folds_the_full_text_index_with_no_batch_or_commit_records_alive(
+        real_repo: Path, index_home: Path, monkeypatch: pytest.MonkeyPatch, segment_rows: int) -> None:
+    """A fold of the full-text index (the largest transient of a sync) runs between batches once
+    a batch's objects are gone (``settle(final=False)``; a write never folds), and at the commit
+    before the commit task turns its message into models, one ``PlannedFile`` and one
+    ``FileResult`` a path (24 MB for 10,000 paths), so none of them adds to its peak
+    (docs/performance.md, D)."""
     from config.settings import configure
     from indexing import lance_store
     from indexing.messages import FileResult, PlannedFile
+    from indexing.store import VectorObject
     from workers import runtime
 
     configure(home=index_home, embedder="hashing", batch_files=8)
     runtime.reset()
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", segment_rows)
     monkeypatch.setattr(lance_store, "FTS_REFRESH_ROWS", 1)  # the commit's settle folds whatever is left
-    before = live_models(PlannedFile) + live_models(FileResult)
-    at_folds: list[int] = []
+    before = live_models(PlannedFile) + live_models(FileResult), live_models(VectorObject)
+    at_folds: list[tuple[int, int]] = []  # (models, objects) alive at each fold
     fold = lance_store._fold_into_index
 
     def counted(*args, **kwargs):
-        at_folds.append(live_models(PlannedFile) + live_models(FileResult) - before)
+        at_folds.append((live_models(PlannedFile) + live_models(FileResult) - before[0],
+                         live_models(VectorObject) - before[1]))
         return fold(*args, **kwargs)
 
     monkeypatch.setattr(lance_store, "_fold_into_index", counted)
     summary = sync(real_repo, "all")
     assert summary["errors"] == 0 and summary["added"] > 40
-    assert at_folds, "no fold ran"
-    assert max(at_folds) == 0, at_folds
+    if segment_rows == 10_000:
+        assert at_folds == [(0, 0)]  # the commit's fold alone, before its models
+    else:
+        assert len(at_folds) > 2, at_folds
+        # a batch's files and results at most, none of its objects
+        assert all(models <= 16 and objects == 0 for models, objects in at_folds), at_folds
