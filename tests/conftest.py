@@ -13,6 +13,36 @@ import celery
 import kombu
 import pytest
 
+FLEET_TESTS = "tests/fleet/"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the fleet tests first (they are the longest); the order is the same in every
+    pytest-xdist worker, as xdist requires."""
+    items.sort(key=lambda item: not item.nodeid.startswith(FLEET_TESTS))
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist is a dev dependency; without it the suite runs in one process
+    pass
+else:
+    class FleetInTurn(LoadScopeScheduling):
+        """pytest-xdist's scheduler for scripts/test: the fleet tests are one work unit, run one
+        after another on one worker (they wait on heartbeats, visibility timeouts and breakers,
+        which two fleets at once on two cores would stretch); every other test is a unit of its
+        own, sent to whichever worker is free. (``--dist loadgroup`` would do this with
+        ``xdist_group`` marks, but pytest-xdist 3.8 renames the node ids to group them, which
+        pytest 9.2's node ids no longer allow.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "fleet" if nodeid.startswith(FLEET_TESTS) else nodeid
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling:
+        """pytest-xdist's hook: the scheduler of the run (:class:`FleetInTurn`)."""
+        return FleetInTurn(config, log)
+
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "codeindex-tests", "GIT_AUTHOR_EMAIL": "tests@codeindex.invalid",
     "GIT_COMMITTER_NAME": "codeindex-tests", "GIT_COMMITTER_EMAIL": "tests@codeindex.invalid",
@@ -127,6 +157,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir, self.port, self.proc = workdir, free_port(), None
+        self.started_once = False
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -134,6 +165,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server on :attr:`port`. A first start whose port another process took
+        since :func:`free_port` chose it (another pytest-xdist worker's server, say) moves to a
+        new port; a restart keeps its port, as the clients configured with :attr:`url` need."""
+        for _ in range(5):
+            if self._start_here():
+                return
+            if self.started_once:
+                break
+            self.port = free_port()
+        pytest.fail(f"redis-server could not listen on 127.0.0.1:{self.port}: see {self.workdir / 'redis.log'}")
+
+    def _start_here(self) -> bool:
+        """Start ``redis-server`` on :attr:`port` and wait for it (10 s); False when it could not
+        listen there (it exited, or what answers there is another process's server)."""
         import time
 
         import redis
@@ -147,14 +192,18 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_timeout=1)
         deadline = time.monotonic() + 10
-        while True:
+        while self.proc.poll() is None:
             try:
-                client.ping()
-                return
+                if client.info("server")["process_id"] != self.proc.pid:
+                    break  # another server answers on this port
+                self.started_once = True
+                return True
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        self.stop()
+        return False
 
     def stop(self) -> None:
         if self.proc is not None:
