@@ -7,7 +7,10 @@ Each method runs in a fresh process: ``merge_insert`` (what codeindex's upsert u
 a filtered scan of the batch's ids followed by ``add``, and ``add`` alone. Rows carry a
 36-character id, a 400-character text and a 384-d float32 vector, like a chunk. It prints the
 resident memory (VmRSS) after the first write and after the last, to show what grows with the
-table (docs/performance.md, D).
+table, and each write's transient: its peak (VmHWM, reset before the write through
+``/proc/self/clear_refs``, Linux's proc(5)) above the resident size before it, for the first
+tenth of the writes (after the first, which maps Lance's code) and the last tenth
+(docs/performance.md, D).
 """
 
 from __future__ import annotations
@@ -29,6 +32,21 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def hwm_mb() -> float:
+    """The peak resident size since the last :func:`reset_hwm` (VmHWM), in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_hwm() -> None:
+    """Make VmHWM the current resident size (``5`` to ``/proc/self/clear_refs``, Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def child(method: str, writes: int, rows: int, path: str) -> None:
     import lancedb
     import numpy as np
@@ -39,11 +57,14 @@ def child(method: str, writes: int, rows: int, path: str) -> None:
     table = lancedb.connect(path).create_table("t", schema=schema)
     rng = np.random.default_rng(0)
     first = None
+    transients: list[float] = []
     for b in range(writes):
         ids = [f"{b:06d}-{i:04d}-{'x' * 24}" for i in range(rows)]
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(rng.random(rows * 384, dtype=np.float32)), 384)
         data = pa.Table.from_pydict({"id": ids, "fence": [1] * rows, "content": ["x" * 400] * rows,
                                      "vector": vectors}, schema=schema)
+        before = rss_mb()
+        reset_hwm()
         if method == "merge_insert":
             (table.merge_insert("id").when_matched_update_all(where="target.fence <= source.fence")
              .when_not_matched_insert_all().execute(data))
@@ -53,10 +74,13 @@ def child(method: str, writes: int, rows: int, path: str) -> None:
             table.add(data)
         else:
             table.add(data)
+        transients.append(hwm_mb() - before)
         if first is None:
             first = rss_mb()
+    tenth = max(1, writes // 10)
     print(json.dumps({"method": method, "first_mb": round(first, 1), "last_mb": round(rss_mb(), 1),
-                      "rows": table.count_rows()}))
+                      "rows": table.count_rows(), "transient_first_mb": round(max(transients[1:tenth + 1]), 1),
+                      "transient_last_mb": round(max(transients[-tenth:]), 1)}))
 
 
 def main() -> None:
@@ -78,7 +102,8 @@ def main() -> None:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  {method:<13} after the first write {result['first_mb']:7.1f}   after the last "
               f"{result['last_mb']:7.1f}   growth {result['last_mb'] - result['first_mb']:+7.1f}   "
-              f"({result['rows']} rows)")
+              f"({result['rows']} rows); a write's transient, first tenth {result['transient_first_mb']:6.1f}, "
+              f"last tenth {result['transient_last_mb']:6.1f}")
 
 
 if __name__ == "__main__":
