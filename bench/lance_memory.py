@@ -24,21 +24,14 @@ import tempfile
 METHODS = ("merge_insert", "scan+add", "add")
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``: resident now; ``VmHWM``: the peak since
+    the last :func:`reset_hwm`), in MiB."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def hwm_mb() -> float:
-    """The peak resident size since the last :func:`reset_hwm` (VmHWM), in MiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def reset_hwm() -> None:
@@ -63,7 +56,7 @@ def child(method: str, writes: int, rows: int, path: str) -> None:
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(rng.random(rows * 384, dtype=np.float32)), 384)
         data = pa.Table.from_pydict({"id": ids, "fence": [1] * rows, "content": ["x" * 400] * rows,
                                      "vector": vectors}, schema=schema)
-        before = rss_mb()
+        before = status_mb("VmRSS")
         reset_hwm()
         if method == "merge_insert":
             (table.merge_insert("id").when_matched_update_all(where="target.fence <= source.fence")
@@ -74,11 +67,11 @@ def child(method: str, writes: int, rows: int, path: str) -> None:
             table.add(data)
         else:
             table.add(data)
-        transients.append(hwm_mb() - before)
+        transients.append(status_mb("VmHWM") - before)
         if first is None:
-            first = rss_mb()
+            first = status_mb("VmRSS")
     tenth = max(1, writes // 10)
-    print(json.dumps({"method": method, "first_mb": round(first, 1), "last_mb": round(rss_mb(), 1),
+    print(json.dumps({"method": method, "first_mb": round(first, 1), "last_mb": round(status_mb("VmRSS"), 1),
                       "rows": table.count_rows(), "transient_first_mb": round(max(transients[1:tenth + 1]), 1),
                       "transient_last_mb": round(max(transients[-tenth:]), 1)}))
 
