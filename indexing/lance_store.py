@@ -432,14 +432,20 @@ class LanceDBStore:
         :meth:`compact`'s); until the fold the rows are searched exactly, by a flat scan. Call
         under the write lock. Returns whether it folded: the caller then lets the connection go
         and trims, once the lock is released (:meth:`_release_connection`)."""
-        index = self._fts_index(table)
+        index = self._fold_due(table, threshold)
         if index is None:
             return False
-        if table.index_stats(index.name).num_unindexed_rows >= threshold:
-            _release_native_memory()  # what the writes since the last fold freed: the fold starts from less
-            _fold_into_index(table, index.name)
-            return True
-        return False
+        _release_native_memory()  # what the writes since the last fold freed: the fold starts from less
+        _fold_into_index(table, index.name)
+        return True
+
+    def _fold_due(self, table, threshold: int):
+        """The full-text index when ``threshold`` or more rows of ``table`` are outside it, else
+        None (also without an index). A read: it needs no lock."""
+        index = self._fts_index(table)
+        if index is None or table.index_stats(index.name).num_unindexed_rows < threshold:
+            return None
+        return index
 
     def settle(self, *, final: bool = True) -> None:
         """Fold the rows still outside the full-text index into it: after a sync's last write
@@ -450,12 +456,17 @@ class LanceDBStore:
         fold starts with a ``malloc_trim`` of what the writes since the last one freed, and ends
         by letting the connection go (:meth:`_release_connection`): the resident size at the
         start of that sync's folds went from 382-440 MB to 346-369 MB (docs/performance.md, D).
-        A no-op without a table."""
-        if self._open() is None:
+        A no-op without a table; the write lock is taken only when a fold is due (a look at the
+        index's statistics first, as every read, without it: a sync settles after each batch)."""
+        table = self._open()
+        if table is None:
             return
+        threshold = FTS_REFRESH_ROWS if final else FTS_SEGMENT_ROWS
         try:
+            if self._fold_due(table, threshold) is None:
+                return
             with self._writing() as table:
-                folded = self._refresh_lexical(table, FTS_REFRESH_ROWS if final else FTS_SEGMENT_ROWS)
+                folded = self._refresh_lexical(table, threshold)
             if folded:
                 self._release_connection()
         except (StoreError, LockTimeoutError):

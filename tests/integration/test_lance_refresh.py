@@ -267,3 +267,29 @@ def test_a_missing_table_keeps_none_of_the_callers_frames_alive(tmp_path: Path,
     gc.collect()
     assert raised  # the store opened a table that is not there
     assert gone() is None  # the exceptions are still held, the caller's frames are not
+
+
+def test_a_settle_takes_the_write_lock_only_when_a_fold_is_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                folds: list[int]) -> None:
+    """A sync settles after every batch; with nothing due that is a read, without the write lock
+    (a Redis lock in a fleet)."""
+    from contextlib import contextmanager
+
+    monkeypatch.setattr(lance_store, "FTS_SEGMENT_ROWS", 8)
+    held: list[int] = []
+
+    @contextmanager
+    def lock():
+        held.append(1)
+        yield
+
+    store = LanceDBStore(tmp_path / "lancedb", "codeindex", write_lock=lock)
+    store.ensure_collection(8)
+    store.upsert(_objects(0, 4))
+    locks = len(held)
+    store.settle(final=False)  # 4 rows: not due
+    assert len(held) == locks and folds == []
+    store.upsert(_objects(4, 4))
+    locks = len(held)
+    store.settle(final=False)  # 8 rows: due
+    assert len(held) == locks + 1 and folds == [8]
