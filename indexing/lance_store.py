@@ -115,7 +115,7 @@ def _let_go(exc: BaseException) -> None:
     still hold that exception, and with its traceback every frame of the caller's stack and
     their locals: the first sync of a new table kept its whole plan (one ``PlannedFile`` a path,
     and the commit's copy) alive through its batches, for as long as the loop held the future
-    (tests/integration/test_sync_exact.py, docs/performance.md, D)."""
+    (tests/integration/test_lance_refresh.py, test_sync_exact.py; docs/performance.md, D)."""
     exc.__traceback__ = None
     exc.__context__ = exc.__cause__ = None
 
