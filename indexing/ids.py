@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from pathlib import PurePosixPath
 
 
 def object_id(collection: str, repo_id: str, path: str, chunk_index: int) -> str:
@@ -20,7 +19,9 @@ def object_id(collection: str, repo_id: str, path: str, chunk_index: int) -> str
     """
     if chunk_index < 0:
         raise ValueError(f"chunk_index must be >= 0, got {chunk_index}")
-    if "\\" in path or path.startswith("/") or ".." in PurePosixPath(path).parts or not path:
+    # str.split, not PurePosixPath(path).parts: pathlib interns every part (sys.intern), once
+    # for each chunk of a sync, and the interpreter's table of interned strings never shrinks.
+    if "\\" in path or path.startswith("/") or ".." in path.split("/") or not path:
         raise ValueError(f"path must be relative POSIX inside the repository, got {path!r}")
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{collection}:{repo_id}:{path}#{chunk_index}"))
 

@@ -116,7 +116,11 @@ def is_linked(root: Path, rel: str) -> bool:
     """True when ``root/rel`` leads through a symlink (of the file or a directory above it):
     its content can change when the link's target does, without the path being named."""
     real = os.path.realpath(os.path.join(root, rel))
-    return real != os.path.join(os.path.realpath(root), *PurePosixPath(rel).parts)
+    if rel.startswith("/"):
+        return real != os.path.join(os.path.realpath(root), *PurePosixPath(rel).parts)
+    # The parts as PurePosixPath(rel).parts has them, without pathlib's sys.intern of each one
+    # (a table that never shrinks), once for every file of a sync.
+    return real != os.path.join(os.path.realpath(root), *(p for p in rel.split("/") if p and p != "."))
 
 
 def _issue(exc: OSError) -> FileIssue:

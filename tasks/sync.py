@@ -11,7 +11,7 @@ from celery.exceptions import Ignore
 from config.celery import shard_queue
 from config.kinds import TaskKind
 from indexing.errors import UsageError
-from indexing.messages import CommitJob, FileResult, RunContext, SyncRequest
+from indexing.messages import CommitJob, FileResult, RunContext, SyncRequest, as_message
 from indexing.sync import PreparedSync, finish_sync, prepare_sync, settle_writes
 from tasks.embed import batch
 from workers.app import codeindex_task
@@ -45,9 +45,10 @@ def _prepared_work(req: SyncRequest, task_id: str) -> dict | chord:
 
 
 def _embedding_chord(prepared: PreparedSync, run_id: str) -> chord:
-    """The chord of a prepared sync: its embedding batches, then its commit (failure: :func:`fail`)."""
-    header = [batch.s(job.model_dump(mode="json")) for job in prepared.batch_jobs]
-    return chord(header, commit.s(prepared.commit_job.model_dump(mode="json")).on_error(fail.s(run_id=run_id)))
+    """The chord of a prepared sync: its embedding batches, then its commit (failure: :func:`fail`);
+    every message without its default fields (:func:`~indexing.messages.as_message`)."""
+    header = [batch.s(as_message(job)) for job in prepared.batch_jobs]
+    return chord(header, commit.s(as_message(prepared.commit_job)).on_error(fail.s(run_id=run_id)))
 
 
 @codeindex_task("codeindex.sync.commit", kind=TaskKind.REPO)

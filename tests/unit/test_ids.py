@@ -84,3 +84,22 @@ def test_sha256_hex():
     assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert sha256_hex(b"abc") == hashlib.sha256(b"abc").hexdigest()
     assert len(sha256_hex(b"x" * 1000)) == 64
+
+
+def test_an_object_id_interns_no_part_of_its_path(monkeypatch):
+    # Ids are minted once for each chunk of a sync (315,000 in a 10,000-path one): pathlib's
+    # parsing interned every part of the path each time, and the interpreter's table of
+    # interned strings never shrinks (docs/performance.md, D).
+    import sys
+
+    interned: list[str] = []
+    real = sys.intern
+    monkeypatch.setattr(sys, "intern", lambda s: interned.append(s) or real(s))
+    object_id("code", "repo", "src/pkg/module.py", 3)
+    assert interned == []
+
+
+@pytest.mark.parametrize("path", ["..", "../a.py", "a/../b.py", "a/..", "./../a.py", "a//../b.py"])
+def test_object_id_refuses_a_parent_segment_anywhere(path):
+    with pytest.raises(ValueError, match="relative POSIX"):
+        object_id("code", "repo", path, 0)

@@ -154,6 +154,19 @@ def test_is_linked(repo: Path):
     os.symlink("pkg", repo / "pkglink")
     assert paths_is_linked(repo, "alias.py") and paths_is_linked(repo, "pkglink/mod.py")
     assert not paths_is_linked(repo, "pkg/mod.py")
+    assert paths_is_linked(repo, "./pkglink//mod.py") and not paths_is_linked(repo, "pkg/./mod.py")
+
+
+def test_is_linked_interns_no_part_of_the_path(repo: Path, monkeypatch):
+    # Asked once for each file of a sync: pathlib's parsing interned every part, into a table
+    # that never shrinks (docs/performance.md, D).
+    import sys
+
+    interned: list[str] = []
+    real = sys.intern
+    monkeypatch.setattr(sys, "intern", lambda s: interned.append(s) or real(s))
+    assert not paths_is_linked(repo, "pkg/mod.py")
+    assert interned == []
 
 
 def test_relative_path_through_symlinked_root(repo: Path, tmp_path: Path):
