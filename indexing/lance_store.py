@@ -328,6 +328,15 @@ class LanceDBStore:
         self._table = None
         return self._open() is None
 
+    def _answered_absent(self, exc: Exception) -> bool:
+        """:meth:`_forget_if_gone`, for a caller that answers a gone table (nothing to count,
+        delete or fold) rather than raises: the error is let go with its traceback
+        (:func:`_let_go`)."""
+        if not self._forget_if_gone(exc):
+            return False
+        _let_go(exc)
+        return True
+
     def ensure_collection(self, dimension: int) -> None:
         """Create the table if missing (concurrent creators: the loser opens the winner's), also
         when another instance dropped it since this one opened it."""
@@ -340,9 +349,8 @@ class LanceDBStore:
             except StoreError:
                 raise
             except Exception as exc:  # lancedb raises plain exceptions
-                if not self._forget_if_gone(exc):
+                if not self._answered_absent(exc):
                     raise StoreError(f"cannot read table {self.collection} in {self.uri}: {exc}") from exc
-                _let_go(exc)
         try:
             self._table = self._db.create_table(self.collection, schema=self._schema(dimension), exist_ok=True)
         except Exception as exc:
@@ -472,8 +480,7 @@ class LanceDBStore:
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
-            if self._forget_if_gone(exc):
-                _let_go(exc)
+            if self._answered_absent(exc):
                 return
             raise StoreError(f"refresh of the full-text index of {self.collection} failed: {exc}") from exc
 
@@ -549,8 +556,7 @@ class LanceDBStore:
         except (StoreError, LockTimeoutError):
             raise
         except Exception as exc:
-            if self._forget_if_gone(exc):
-                _let_go(exc)
+            if self._answered_absent(exc):
                 return  # nothing left to delete
             raise StoreError(f"delete of {len(ids)} objects from {self.collection} failed: {exc}") from exc
 
@@ -570,9 +576,8 @@ class LanceDBStore:
             table.checkout_latest()
             return read(table)
         except Exception as exc:  # lancedb raises plain exceptions
-            if not self._forget_if_gone(exc):
+            if not self._answered_absent(exc):
                 raise StoreError(f"{what} of {self.collection} in {self.uri} failed: {exc}") from exc
-            _let_go(exc)
         return absent
 
     def _scan(self, columns: Sequence[str], where: str | None = None):
